@@ -1,0 +1,298 @@
+"""Configuration: one validated ``Settings`` tree from a YAML file and ``REFSYS_*`` environment variables.
+
+Precedence, highest first: environment (``REFSYS_DATABASE__URL``), the YAML file (``--config`` or
+``REFSYS_CONFIG``), then the embedded defaults, which keep all state under ``./var/`` so that ``refsys serve``
+works with no set-up. Every section forbids unknown keys, and unknown ``REFSYS_*`` variables are refused too:
+a typo must stop start-up with one line naming it, never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "REFSYS_"
+CONFIG_ENV = "REFSYS_CONFIG"
+# Variables that share the prefix but are not settings: the CLI's and the test suite's own.
+NON_SETTING_ENV = frozenset({"REFSYS_CONFIG", "REFSYS_TOKEN", "REFSYS_URL", "REFSYS_REQUIRE_SERVICES"})
+NON_SETTING_ENV_PREFIXES = ("REFSYS_TEST_", "REFSYS_UPDATE_", "REFSYS_BENCH_")
+
+
+class ConfigError(Exception):
+    """Configuration that refsys refuses to start with; ``str()`` is the one line shown to the operator."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    """Address `refsys serve` listens on."""
+    port: int = Field(8080, ge=1, le=65535)
+    """TCP port `refsys serve` listens on."""
+    public_url: str | None = None
+    """URL clients use to reach refsys; the built-in issuer's `iss`. Default: http://HOST:PORT."""
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    """Largest request body accepted; larger bodies get 413."""
+    hsts: bool = False
+    """Send Strict-Transport-Security (enable when refsys is served over HTTPS)."""
+
+
+class DatabaseSettings(_Section):
+    url: str | None = None
+    """SQLAlchemy URL of the state database. Default: sqlite:///DATA_DIR/refsys.db. PostgreSQL: postgresql://..."""
+    pool_size: int = Field(10, ge=1, le=200)
+    """Connections kept open per process (PostgreSQL)."""
+    connect_timeout_s: float = Field(5.0, gt=0)
+    """How long a connection attempt may take before start-up fails."""
+
+
+class OidcSettings(_Section):
+    issuer: str | None = None
+    """External issuer URL (for Keycloak: https://HOST/realms/REALM). Turns the built-in issuer off."""
+    jwks_url: str | None = None
+    """JWKS URL; discovered from ISSUER/.well-known/openid-configuration when unset."""
+    jwks_min_refresh_s: float = Field(10.0, ge=0)
+    """Least time between two JWKS fetches triggered by an unknown `kid`."""
+
+
+class BuiltinIssuerSettings(_Section):
+    enabled: bool | None = None
+    """Built-in issuer on/off. Default: on, unless an external issuer is configured."""
+    issuer: str = "urn:refsys:builtin-issuer"
+    """`iss` of the tokens it mints (independent of host and port, so CLI and server agree)."""
+    key_file: Path | None = None
+    """Signing key set of the built-in issuer (mode 0600). Default: DATA_DIR/secrets/issuer-keys.json."""
+    max_ttl_s: int = Field(24 * 3600, ge=60)
+    """Longest lifetime of a token the built-in issuer mints; also how long a rotated key stays published."""
+
+
+class AuthSettings(_Section):
+    client_id: str = "refsys"
+    """refsys's OIDC client; roles are read from resource_access.CLIENT_ID.roles."""
+    audience: str | None = None
+    """Required `aud`. Default: the client id."""
+    realm_roles: bool = False
+    """Also accept realm roles (realm_access.roles)."""
+    leeway_s: int = Field(30, ge=0, le=300)
+    """Clock skew allowed on exp and nbf."""
+    oidc: OidcSettings = OidcSettings()
+    builtin_issuer: BuiltinIssuerSettings = BuiltinIssuerSettings()
+
+
+class AuditSettings(_Section):
+    mac_key_file: Path | None = None
+    """HMAC key of the audit chain, kept outside the database. Default: DATA_DIR/secrets/audit-mac.key."""
+    signing_key_file: Path | None = None
+    """Ed25519 key signing audit checkpoints. Default: DATA_DIR/secrets/audit-checkpoint.pem."""
+    checkpoint_file: Path | None = None
+    """Where signed checkpoints of the chain head go. Default: DATA_DIR/audit/checkpoints.jsonl."""
+    checkpoint_interval_s: float = Field(60.0, gt=0)
+    """How often the server writes a checkpoint (and always at shutdown)."""
+    refusals_per_minute: int = Field(10, ge=1)
+    """Refused requests from one client address audited one by one per minute; beyond that, aggregated."""
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: list[str] = ["127.0.0.1:9092"]
+    """Kafka brokers (host:port)."""
+    client_id: str = "refsys"
+    """Client id reported to the brokers."""
+    topic_prefix: str = "refsys."
+    """Prefix of refsys's topic names on the cluster."""
+
+
+class BusSettings(_Section):
+    backend: Literal["embedded", "kafka"] = "embedded"
+    """Event bus: embedded (SQL) or kafka."""
+    path: Path | None = None
+    """SQLite file of the embedded bus. Default: DATA_DIR/bus.db; with a PostgreSQL state database the bus
+    lives there unless this is set."""
+    partitions: int = Field(4, ge=1, le=256)
+    """Partitions per topic."""
+    member_timeout_s: float = Field(10.0, gt=0)
+    """A consumer silent this long loses its partitions to the rest of its group."""
+    kafka: KafkaSettings = KafkaSettings()
+
+
+class MetricsSettings(_Section):
+    port: int | None = Field(None, ge=1, le=65535)
+    """Optional separate, unauthenticated metrics port for in-cluster scraping."""
+    host: str = "127.0.0.1"
+    """Address of the separate metrics port."""
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Log level of the structured JSON logs."""
+    access_log: bool = True
+    """One JSON line per request."""
+
+
+class Settings(BaseSettings):
+    """Everything refsys can be configured with. Unset paths derive from ``data_dir``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    data_dir: Path = Path("var")
+    """Directory of the embedded state (database, bus, keys, checkpoints)."""
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    auth: AuthSettings = AuthSettings()
+    audit: AuditSettings = AuditSettings()
+    bus: BusSettings = BusSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @model_validator(mode="after")
+    def _database_url_scheme(self) -> Settings:
+        url = self.database.url
+        if url is not None and not url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")):
+            raise ValueError("database.url: only sqlite:/// and postgresql:// URLs are supported")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs (see load_settings); environment wins over it.
+        return env_settings, init_settings
+
+    # Derived values: one place that knows where each piece of embedded state lives.
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return normalise_database_url(self.database.url)
+        return f"sqlite:///{self.data_dir / 'refsys.db'}"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith("postgresql")
+
+    @property
+    def public_url(self) -> str:
+        return (self.server.public_url or f"http://{self.server.host}:{self.server.port}").rstrip("/")
+
+    @property
+    def audience(self) -> str:
+        return self.auth.audience or self.auth.client_id
+
+    @property
+    def builtin_issuer_enabled(self) -> bool:
+        enabled = self.auth.builtin_issuer.enabled
+        return enabled if enabled is not None else self.auth.oidc.issuer is None
+
+    @property
+    def issuer_key_file(self) -> Path:
+        return self.auth.builtin_issuer.key_file or self.data_dir / "secrets" / "issuer-keys.json"
+
+    @property
+    def audit_mac_key_file(self) -> Path:
+        return self.audit.mac_key_file or self.data_dir / "secrets" / "audit-mac.key"
+
+    @property
+    def audit_signing_key_file(self) -> Path:
+        return self.audit.signing_key_file or self.data_dir / "secrets" / "audit-checkpoint.pem"
+
+    @property
+    def audit_checkpoint_file(self) -> Path:
+        return self.audit.checkpoint_file or self.data_dir / "audit" / "checkpoints.jsonl"
+
+    @property
+    def bus_url(self) -> str:
+        """Where the embedded bus keeps its log: its own SQLite file, or the PostgreSQL state database."""
+        if self.bus.path is not None:
+            return f"sqlite:///{self.bus.path.expanduser().absolute()}"
+        if self.is_postgres:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'bus.db'}"
+
+
+def normalise_database_url(url: str) -> str:
+    """Point plain ``postgresql://`` URLs at psycopg 3, the driver refsys ships."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def load_settings(config_file: str | Path | None = None) -> Settings:
+    """Read, merge and validate the configuration, raising ``ConfigError`` with one line naming the culprit."""
+    env_file = os.environ.get(CONFIG_ENV)
+    path = Path(config_file) if config_file else (Path(env_file) if env_file else None)
+    file_values = _read_yaml(path) if path else {}
+    _refuse_unknown_env(os.environ)
+    try:
+        return Settings(**file_values)
+    except ValidationError as exc:
+        origin = f" (in {path})" if path else ""
+        raise ConfigError(_first_error_line(exc) + origin) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings")
+    return values
+
+
+def _refuse_unknown_env(environ: Mapping[str, str]) -> None:
+    known = _env_names(Settings)
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in NON_SETTING_ENV or name.startswith(NON_SETTING_ENV_PREFIXES):
+            continue
+        if name not in known:
+            raise ConfigError(f"unknown environment variable {name}: no such setting")
+
+
+def _env_names(model: type[BaseModel], prefix: str = ENV_PREFIX) -> set[str]:
+    names: set[str] = set()
+    for field_name, info in model.model_fields.items():
+        name = f"{prefix}{field_name.upper()}"
+        names.add(name)
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= _env_names(annotation, name + "__")
+    return names
+
+
+def _first_error_line(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "configuration"
+    if error["type"] == "extra_forbidden":
+        return f"config error: unknown setting {where}"
+    value = error.get("input")
+    shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"config error: {where}: {message}{shown}"

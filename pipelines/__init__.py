@@ -1,0 +1,1 @@
+"""Production: chain specs, the run engine, executors, triggers, catalog and distribution."""

@@ -1,0 +1,1 @@
+"""Telemetry sources and normalisation, event store, Sigma engine, correlation, alerts, incidents, hooks."""
