@@ -6,6 +6,7 @@ these files are separate, never world-readable, and may instead be mounted from 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Callable
@@ -44,8 +45,7 @@ def read_or_create_secret(path: Path, create: Callable[[], bytes]) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         pass
-    try:
+    # Another process may create it between our read and our write: then theirs wins.
+    with contextlib.suppress(FileExistsError):
         write_secret(path, create())
-    except FileExistsError:
-        pass  # another process created it between our read and our write: use theirs
     return path.read_bytes()
