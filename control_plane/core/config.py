@@ -29,7 +29,7 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class ServerSettings(_Section):
@@ -37,8 +37,6 @@ class ServerSettings(_Section):
     """Address `refsys serve` listens on."""
     port: int = Field(8080, ge=1, le=65535)
     """TCP port `refsys serve` listens on."""
-    public_url: str | None = None
-    """URL clients use to reach refsys; the built-in issuer's `iss`. Default: http://HOST:PORT."""
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     """Largest request body accepted; larger bodies get 413."""
     hsts: bool = False
@@ -113,8 +111,7 @@ class BusSettings(_Section):
     backend: Literal["embedded", "kafka"] = "embedded"
     """Event bus: embedded (SQL) or kafka."""
     path: Path | None = None
-    """SQLite file of the embedded bus. Default: DATA_DIR/bus.db; with a PostgreSQL state database the bus
-    lives there unless this is set."""
+    """SQLite file of the embedded bus. Default: DATA_DIR/bus.db, or the PostgreSQL state database if any."""
     partitions: int = Field(4, ge=1, le=256)
     """Partitions per topic."""
     member_timeout_s: float = Field(10.0, gt=0)
@@ -140,7 +137,11 @@ class Settings(BaseSettings):
     """Everything refsys can be configured with. Unset paths derive from ``data_dir``."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
     )
 
     data_dir: Path = Path("var")
@@ -161,7 +162,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _database_url_scheme(self) -> Settings:
         url = self.database.url
-        if url is not None and not url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")):
+        if url is not None and not url.startswith(
+            ("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")
+        ):
             raise ValueError("database.url: only sqlite:/// and postgresql:// URLs are supported")
         return self
 
@@ -188,10 +191,6 @@ class Settings(BaseSettings):
     @property
     def is_postgres(self) -> bool:
         return self.database_url.startswith("postgresql")
-
-    @property
-    def public_url(self) -> str:
-        return (self.server.public_url or f"http://{self.server.host}:{self.server.port}").rstrip("/")
 
     @property
     def audience(self) -> str:
@@ -268,23 +267,37 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _refuse_unknown_env(environ: Mapping[str, str]) -> None:
-    known = _env_names(Settings)
+    known = {env_name(path) for path in setting_paths(sections=True)}
     for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or name in NON_SETTING_ENV or name.startswith(NON_SETTING_ENV_PREFIXES):
+        if (
+            not name.startswith(ENV_PREFIX)
+            or name in NON_SETTING_ENV
+            or name.startswith(NON_SETTING_ENV_PREFIXES)
+        ):
             continue
         if name not in known:
             raise ConfigError(f"unknown environment variable {name}: no such setting")
 
 
-def _env_names(model: type[BaseModel], prefix: str = ENV_PREFIX) -> set[str]:
-    names: set[str] = set()
+def setting_paths(
+    model: type[BaseModel] = Settings, *, sections: bool = False, prefix: str = ""
+) -> list[str]:
+    """Dotted names of every setting (``server.port``), and of the sections too when asked."""
+    paths: list[str] = []
     for field_name, info in model.model_fields.items():
-        name = f"{prefix}{field_name.upper()}"
-        names.add(name)
+        path = prefix + field_name
         annotation = info.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            names |= _env_names(annotation, name + "__")
-    return names
+            paths += [path] if sections else []
+            paths += setting_paths(annotation, sections=sections, prefix=path + ".")
+        else:
+            paths.append(path)
+    return paths
+
+
+def env_name(path: str) -> str:
+    """The environment variable of a setting: ``server.port`` -> ``REFSYS_SERVER__PORT``."""
+    return ENV_PREFIX + path.upper().replace(".", "__")
 
 
 def _first_error_line(exc: ValidationError) -> str:

@@ -51,7 +51,10 @@ def test_postgres_urls_use_psycopg_and_host_the_bus(monkeypatch: pytest.MonkeyPa
         ("databse:\n  url: sqlite:///x.db\n", "config error: unknown setting databse"),
         ("server:\n  prot: 80\n", "config error: unknown setting server.prot"),
         ("server:\n  port: eighty\n", "config error: server.port: Input should be a valid integer"),
-        ("server:\n  port: 70000\n", "config error: server.port: Input should be less than or equal to 65535"),
+        (
+            "server:\n  port: 70000\n",
+            "config error: server.port: Input should be less than or equal to 65535",
+        ),
         ("bus:\n  backend: rabbit\n", "config error: bus.backend: Input should be 'embedded' or 'kafka'"),
         ("database:\n  url: mysql://x\n", "only sqlite:/// and postgresql:// URLs are supported"),
         ("- a\n- b\n", "the top level must be a mapping"),
@@ -86,6 +89,9 @@ def test_external_issuer_turns_the_builtin_issuer_off_unless_kept(tmp_path: Path
     settings = load_settings(_write(tmp_path, "auth:\n  oidc:\n    issuer: https://kc/realms/eo\n"))
     assert not settings.builtin_issuer_enabled
     kept = load_settings(
-        _write(tmp_path, "auth:\n  oidc:\n    issuer: https://kc/realms/eo\n  builtin_issuer:\n    enabled: true\n")
+        _write(
+            tmp_path,
+            "auth:\n  oidc:\n    issuer: https://kc/realms/eo\n  builtin_issuer:\n    enabled: true\n",
+        )
     )
     assert kept.builtin_issuer_enabled

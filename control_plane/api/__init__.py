@@ -1,0 +1,1 @@
+"""HTTP routes of the control-plane kernel itself (health, metrics, JWKS, audit); domains bring their own."""

@@ -1,0 +1,64 @@
+"""The FastAPI application: the kernel's middleware, problem handlers and routes, plus every domain's router."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import start_http_server
+
+import control_plane
+from control_plane.api import audit, system
+from control_plane.core.config import Settings
+from control_plane.core.maintenance import Maintenance
+from control_plane.core.middleware import RequestMiddleware
+from control_plane.core.problems import install_problem_handlers
+from control_plane.core.services import Services, open_services
+
+
+def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    """Build the app. ``services`` defaults to opening the configured stores (the schema must be at head)."""
+    services = services or open_services(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        maintenance = Maintenance(services)
+        maintenance.start()
+        metrics_server = None
+        if settings.metrics.port is not None:
+            # In-cluster scraping without credentials, on a port kept off the public listener.
+            metrics_server, _thread = start_http_server(
+                settings.metrics.port, addr=settings.metrics.host, registry=services.metrics.registry
+            )
+        try:
+            yield
+        finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
+            maintenance.stop()
+            services.close()
+
+    app = FastAPI(
+        title="refsys control plane",
+        version=control_plane.__version__,
+        description="Production chains, telemetry, SIEM and KPIs of an Earth-observation ground segment.",
+        lifespan=lifespan,
+        openapi_url=None,  # served by system.openapi_document, behind sign-in
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.services = services
+    install_problem_handlers(app)
+    app.include_router(system.router)
+    if services.issuer is not None:
+        app.include_router(system.jwks_router)
+    app.include_router(audit.router)
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=services.metrics,
+        max_body_bytes=settings.server.max_body_bytes,
+        hsts=settings.server.hsts,
+        access_log_enabled=settings.logging.access_log,
+    )
+    return app

@@ -1,0 +1,292 @@
+"""The ``refsys`` command.
+
+Exit codes: 0 success, 1 a failed check (audit tamper, a refused operation), 2 usage or configuration errors.
+Errors go to stderr, one line each.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+from sqlalchemy.engine import Engine
+
+from control_plane.core import schema, secretfiles
+from control_plane.core.audit.keys import AuditKeyError
+from control_plane.core.audit.trail import Actor, AuditTrail
+from control_plane.core.audit.verify import verify_trail
+from control_plane.core.auth.issuer import BuiltinIssuer, IssuerError
+from control_plane.core.auth.machine_keys import MachineKeyError, MachineKeyStore
+from control_plane.core.auth.roles import MACHINE_ROLES, Role
+from control_plane.core.config import ConfigError, Settings, load_settings
+from control_plane.core.services import open_audit, open_engine, open_issuer
+
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+DEMO_TOKEN_TTL_S = 12 * 3600
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"refsys: {message}", err=True)
+    sys.exit(code)
+
+
+def config_option(command: F) -> F:
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="REFSYS_CONFIG",
+        help="YAML configuration file (default: embedded defaults, state under ./var).",
+    )(command)
+
+
+def settings_from(config_file: Path | None) -> Settings:
+    try:
+        return load_settings(config_file)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def open_state(settings: Settings) -> Engine:
+    """The state database, reachable and at head: an embedded SQLite is upgraded in place, a shared
+    PostgreSQL schema that is behind is refused (upgrading it is an operator's decision)."""
+    try:
+        engine = open_engine(settings)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    try:
+        if settings.is_postgres:
+            schema.require_current(engine)
+        else:
+            schema.upgrade(engine)
+    except schema.SchemaBehindError as exc:
+        engine.dispose()
+        fail(str(exc), EXIT_USAGE)
+    return engine
+
+
+def open_trail(settings: Settings, engine: Engine, *, create_keys: bool = True) -> AuditTrail:
+    try:
+        return open_audit(settings, engine, create_keys=create_keys)
+    except AuditKeyError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def parse_duration(text: str) -> int:
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise click.BadParameter(f"{text!r} is not a duration such as 90s, 15m, 1h or 7d")
+    return int(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def builtin_issuer(settings: Settings) -> BuiltinIssuer:
+    issuer = open_issuer(settings)
+    if issuer is None:
+        fail(
+            "the built-in issuer is off (an external issuer is configured); set auth.builtin_issuer.enabled",
+            2,
+        )
+    return issuer
+
+
+def mint_audited(
+    settings: Settings, engine: Engine, *, subject: str, roles: frozenset[Role], ttl_s: int
+) -> str:
+    """A token from the built-in issuer, its issuance audited and checkpointed (the token itself never is)."""
+    try:
+        token, claims = builtin_issuer(settings).mint(subject=subject, roles=roles, ttl_s=ttl_s)
+    except IssuerError as exc:
+        fail(str(exc), EXIT_CHECK_FAILED)
+    trail = open_trail(settings, engine)
+    trail.append(
+        actor=Actor.local_cli(),
+        action="token.issue",
+        outcome="success",
+        target=subject,
+        details={"roles": sorted(roles), "jti": claims["jti"], "exp": claims["exp"], "ttl_s": ttl_s},
+    )
+    trail.checkpoint()
+    return token
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="refsys")
+def main() -> None:
+    """refsys: control plane for an Earth-observation ground segment."""
+
+
+@main.command()
+@config_option
+@click.option("--host", default=None, help="Listen address (default: server.host, 127.0.0.1).")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="Listen port (default: server.port, 8080)."
+)
+@click.option(
+    "--demo", is_flag=True, help="Write a 12 h admin token to DATA_DIR/demo-token and print its path."
+)
+def serve(config_file: Path | None, host: str | None, port: int | None, demo: bool) -> None:
+    """Run the control plane (embedded defaults unless configured)."""
+    import uvicorn
+
+    from control_plane.app import create_app
+    from control_plane.core.logs import configure_logging
+
+    settings = settings_from(config_file)
+    overrides = {key: value for key, value in {"host": host, "port": port}.items() if value is not None}
+    if overrides:
+        settings = settings.model_copy(update={"server": settings.server.model_copy(update=overrides)})
+    configure_logging(settings.logging.level)
+    engine = open_state(settings)
+    if demo:
+        token = mint_audited(
+            settings, engine, subject="demo-admin", roles=frozenset({Role.ADMIN}), ttl_s=DEMO_TOKEN_TTL_S
+        )
+        token_file = settings.data_dir / "demo-token"
+        secretfiles.write_secret(token_file, token.encode() + b"\n", replace=True)
+        click.echo(f"refsys: demo admin token (12 h) written to {token_file}")
+    engine.dispose()
+    app = create_app(settings)
+    click.echo(f"refsys: serving on http://{settings.server.host}:{settings.server.port}")
+    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_config=None, access_log=False)
+
+
+@main.group()
+def token() -> None:
+    """Tokens from the built-in issuer."""
+
+
+@token.command("create")
+@config_option
+@click.option(
+    "--role", "roles", multiple=True, required=True, type=click.Choice([role.value for role in Role])
+)
+@click.option("--sub", "subject", default=None, help="Subject (default: the role names).")
+@click.option("--ttl", default="1h", show_default=True, help="Lifetime, e.g. 15m, 1h, 7d.")
+def token_create(config_file: Path | None, roles: tuple[str, ...], subject: str | None, ttl: str) -> None:
+    """Print a signed access token on stdout."""
+    ttl_s = parse_duration(ttl)
+    settings = settings_from(config_file)
+    engine = open_state(settings)
+    granted = frozenset(Role(name) for name in roles)
+    click.echo(
+        mint_audited(settings, engine, subject=subject or "+".join(sorted(roles)), roles=granted, ttl_s=ttl_s)
+    )
+
+
+@main.group()
+def issuer() -> None:
+    """The built-in issuer's signing keys."""
+
+
+@issuer.command("rotate")
+@config_option
+def issuer_rotate(config_file: Path | None) -> None:
+    """Sign new tokens with a new key; the old key stays in the JWKS until its tokens have expired."""
+    settings = settings_from(config_file)
+    engine = open_state(settings)
+    fresh = builtin_issuer(settings).rotate()
+    trail = open_trail(settings, engine)
+    trail.append(actor=Actor.local_cli(), action="issuer.rotate", outcome="success", target=fresh.kid)
+    trail.checkpoint()
+    click.echo(f"refsys: new signing key {fresh.kid}")
+
+
+@main.group()
+def key() -> None:
+    """Machine keys for sensors (ingest) and scrapers (metrics)."""
+
+
+@key.command("create")
+@config_option
+@click.option("--role", required=True, type=click.Choice(sorted(role.value for role in MACHINE_ROLES)))
+@click.option("--name", required=True, help="Unique name of the key (never reused).")
+def key_create(config_file: Path | None, role: str, name: str) -> None:
+    """Create a key and print it once on stdout; only its hash is stored."""
+    settings = settings_from(config_file)
+    engine = open_state(settings)
+    actor = Actor.local_cli()
+    try:
+        issued = MachineKeyStore(engine).create(name=name, role=Role(role), created_by=actor.subject)
+    except MachineKeyError as exc:
+        fail(str(exc), EXIT_CHECK_FAILED)
+    trail = open_trail(settings, engine)
+    trail.append(
+        actor=actor, action="machine_key.create", outcome="success", target=name, details={"role": role}
+    )
+    trail.checkpoint()
+    click.echo(issued.key)
+
+
+@key.command("revoke")
+@config_option
+@click.argument("name")
+def key_revoke(config_file: Path | None, name: str) -> None:
+    """Revoke a machine key at once."""
+    settings = settings_from(config_file)
+    engine = open_state(settings)
+    try:
+        MachineKeyStore(engine).revoke(name)
+    except MachineKeyError as exc:
+        fail(str(exc), EXIT_CHECK_FAILED)
+    trail = open_trail(settings, engine)
+    trail.append(actor=Actor.local_cli(), action="machine_key.revoke", outcome="success", target=name)
+    trail.checkpoint()
+    click.echo(f"refsys: machine key {name} revoked")
+
+
+@main.group()
+def db() -> None:
+    """The state database."""
+
+
+@db.command("upgrade")
+@config_option
+def db_upgrade(config_file: Path | None) -> None:
+    """Migrate the state database to this release's schema."""
+    settings = settings_from(config_file)
+    try:
+        engine = open_engine(settings)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    before = schema.current_revision(engine)
+    schema.upgrade(engine)
+    after = schema.current_revision(engine)
+    if before != after:
+        trail = open_trail(settings, engine)
+        trail.append(
+            actor=Actor.local_cli(),
+            action="db.upgrade",
+            outcome="success",
+            details={"from": before, "to": after},
+        )
+        trail.checkpoint()
+    click.echo(f"refsys: database schema at {after}")
+
+
+@main.group()
+def audit() -> None:
+    """The tamper-evident audit trail."""
+
+
+@audit.command("verify")
+@config_option
+def audit_verify(config_file: Path | None) -> None:
+    """Verify the chain; exit 1 naming the first broken record."""
+    settings = settings_from(config_file)
+    engine = open_state(settings)
+    report = verify_trail(open_trail(settings, engine, create_keys=False))
+    click.echo(json.dumps(report.as_dict()))
+    if report.first_break is not None:
+        fail(str(report.first_break), EXIT_CHECK_FAILED)
+    if report.checkpoint is None and report.records:
+        click.echo("refsys: warning: no checkpoint yet, so a cut tail could not be detected", err=True)
