@@ -94,9 +94,24 @@ def builtin_issuer(settings: Settings) -> BuiltinIssuer:
     if issuer is None:
         fail(
             "the built-in issuer is off (an external issuer is configured); set auth.builtin_issuer.enabled",
-            2,
+            EXIT_USAGE,
         )
     return issuer
+
+
+def audit_local(
+    settings: Settings,
+    engine: Engine,
+    action: str,
+    *,
+    target: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Audit a change made from this machine's CLI and checkpoint the head at once: a CLI process has no
+    periodic checkpointer, and its record must not sit in an unprotected tail."""
+    trail = open_trail(settings, engine)
+    trail.append(actor=Actor.local_cli(), action=action, outcome="success", target=target, details=details)
+    trail.checkpoint()
 
 
 def mint_audited(
@@ -107,15 +122,8 @@ def mint_audited(
         token, claims = builtin_issuer(settings).mint(subject=subject, roles=roles, ttl_s=ttl_s)
     except IssuerError as exc:
         fail(str(exc), EXIT_CHECK_FAILED)
-    trail = open_trail(settings, engine)
-    trail.append(
-        actor=Actor.local_cli(),
-        action="token.issue",
-        outcome="success",
-        target=subject,
-        details={"roles": sorted(roles), "jti": claims["jti"], "exp": claims["exp"], "ttl_s": ttl_s},
-    )
-    trail.checkpoint()
+    details = {"roles": sorted(roles), "jti": claims["jti"], "exp": claims["exp"], "ttl_s": ttl_s}
+    audit_local(settings, engine, "token.issue", target=subject, details=details)
     return token
 
 
@@ -195,9 +203,7 @@ def issuer_rotate(config_file: Path | None) -> None:
     settings = settings_from(config_file)
     engine = open_state(settings)
     fresh = builtin_issuer(settings).rotate()
-    trail = open_trail(settings, engine)
-    trail.append(actor=Actor.local_cli(), action="issuer.rotate", outcome="success", target=fresh.kid)
-    trail.checkpoint()
+    audit_local(settings, engine, "issuer.rotate", target=fresh.kid)
     click.echo(f"refsys: new signing key {fresh.kid}")
 
 
@@ -214,16 +220,13 @@ def key_create(config_file: Path | None, role: str, name: str) -> None:
     """Create a key and print it once on stdout; only its hash is stored."""
     settings = settings_from(config_file)
     engine = open_state(settings)
-    actor = Actor.local_cli()
     try:
-        issued = MachineKeyStore(engine).create(name=name, role=Role(role), created_by=actor.subject)
+        issued = MachineKeyStore(engine).create(
+            name=name, role=Role(role), created_by=Actor.local_cli().subject
+        )
     except MachineKeyError as exc:
         fail(str(exc), EXIT_CHECK_FAILED)
-    trail = open_trail(settings, engine)
-    trail.append(
-        actor=actor, action="machine_key.create", outcome="success", target=name, details={"role": role}
-    )
-    trail.checkpoint()
+    audit_local(settings, engine, "machine_key.create", target=name, details={"role": role})
     click.echo(issued.key)
 
 
@@ -238,9 +241,7 @@ def key_revoke(config_file: Path | None, name: str) -> None:
         MachineKeyStore(engine).revoke(name)
     except MachineKeyError as exc:
         fail(str(exc), EXIT_CHECK_FAILED)
-    trail = open_trail(settings, engine)
-    trail.append(actor=Actor.local_cli(), action="machine_key.revoke", outcome="success", target=name)
-    trail.checkpoint()
+    audit_local(settings, engine, "machine_key.revoke", target=name)
     click.echo(f"refsys: machine key {name} revoked")
 
 
@@ -262,14 +263,7 @@ def db_upgrade(config_file: Path | None) -> None:
     schema.upgrade(engine)
     after = schema.current_revision(engine)
     if before != after:
-        trail = open_trail(settings, engine)
-        trail.append(
-            actor=Actor.local_cli(),
-            action="db.upgrade",
-            outcome="success",
-            details={"from": before, "to": after},
-        )
-        trail.checkpoint()
+        audit_local(settings, engine, "db.upgrade", details={"from": before, "to": after})
     click.echo(f"refsys: database schema at {after}")
 
 

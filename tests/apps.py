@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,3 +46,19 @@ def bearer(services: Services, *roles: Role, subject: str = "tester", ttl_s: int
     assert services.issuer is not None
     token, _claims = services.issuer.mint(subject=subject, roles=frozenset(roles), ttl_s=ttl_s)
     return {"Authorization": f"Bearer {token}"}
+
+
+REFSYS = str(Path(sys.executable).parent / "refsys")
+
+
+def run_refsys(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The installed ``refsys`` command in its own process, with none of the caller's REFSYS_* variables."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("REFSYS_")}
+    return subprocess.run([REFSYS, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now, for servers a test starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

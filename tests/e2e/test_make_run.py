@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,14 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.apps import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE_S = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _fresh_copy(target: Path) -> None:
@@ -47,7 +42,7 @@ def test_make_run_on_a_fresh_copy(tmp_path: Path) -> None:
     checkout = tmp_path / "refsys"
     checkout.mkdir()
     _fresh_copy(checkout)
-    port = _free_port()
+    port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("REFSYS_", "VIRTUAL_ENV"))}
     log = (tmp_path / "make-run.log").open("w+")
     process = subprocess.Popen(

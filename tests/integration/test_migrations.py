@@ -3,9 +3,6 @@ PostgreSQL schema that is behind stops ``refsys serve`` with the command to run.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +15,7 @@ import control_plane.app  # noqa: F401  - imports every module that defines tabl
 from control_plane.core import schema
 from control_plane.core.audit.tables import GENESIS_HASH
 from control_plane.core.db import Base, create_db_engine
-
-REFSYS = str(Path(sys.executable).parent / "refsys")
+from tests.apps import run_refsys
 
 
 def test_upgrade_builds_exactly_the_schema_the_models_describe(db_url: str) -> None:
@@ -46,25 +42,10 @@ def test_a_schema_behind_is_refused_with_the_command_to_run(db_url: str) -> None
 def test_serve_refuses_a_postgres_schema_that_is_behind(postgres_url: str, tmp_path: Path) -> None:
     config = tmp_path / "refsys.yaml"
     config.write_text(yaml.safe_dump({"database": {"url": postgres_url}, "data_dir": str(tmp_path / "var")}))
-    env = {key: value for key, value in os.environ.items() if not key.startswith("REFSYS_")}
-    result = subprocess.run(
-        [REFSYS, "serve", "--config", str(config)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2, result.stderr
-    assert "database schema is at revision empty" in result.stderr
-    assert "run `refsys db upgrade`" in result.stderr
-    upgraded = subprocess.run(
-        [REFSYS, "db", "upgrade", "--config", str(config)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    refused = run_refsys("serve", "--config", str(config), cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert "database schema is at revision empty" in refused.stderr
+    assert "run `refsys db upgrade`" in refused.stderr
+    upgraded = run_refsys("db", "upgrade", "--config", str(config), cwd=tmp_path)
     assert upgraded.returncode == 0, upgraded.stderr
     assert f"schema at {schema.head_revision()}" in upgraded.stdout

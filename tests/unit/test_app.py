@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -15,13 +16,14 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from control_plane.core.audit.trail import Actor
 from control_plane.core.auth.machine_keys import MachineKeyStore
 from control_plane.core.auth.roles import Role
 from control_plane.core.logs import ACCESS_LOGGER, JsonFormatter
 from control_plane.core.metrics import ServiceMetrics
 from control_plane.core.middleware import RequestMiddleware
 from control_plane.core.services import Services
-from tests.apps import bearer, make_settings, running_app
+from tests.apps import bearer, free_port, make_settings, running_app
 
 
 @pytest.fixture
@@ -153,3 +155,26 @@ def test_access_log_is_one_json_line_without_the_token(
     assert entry["route"] == "/api/v1/audit" and entry["status"] == 200 and entry["sub"] == "ana"
     assert entry["jti"] and entry["request_id"] and entry["latency_ms"] >= 0
     assert token not in line and "access_token" not in line
+
+
+def test_audit_verify_over_http_names_the_first_broken_record(app: tuple[TestClient, Services]) -> None:
+    client, services = app
+    for number in range(3):
+        services.audit.append(
+            actor=Actor(subject="ops"), action="run.submit", outcome="success", target=str(number)
+        )
+    auditor = bearer(services, Role.AUDITOR)
+    assert client.get("/api/v1/audit/verify", headers=auditor).json()["ok"] is True
+    with services.engine.begin() as connection:
+        connection.execute(sa.text("UPDATE audit_records SET outcome = 'failure' WHERE seq = 2"))
+    report = client.get("/api/v1/audit/verify", headers=auditor).json()
+    assert report["ok"] is False
+    assert report["first_broken"]["seq"] == 2 and "edited" in report["first_broken"]["reason"]
+
+
+def test_separate_metrics_port_serves_without_credentials(tmp_path: Path) -> None:
+    port = free_port()
+    with running_app(make_settings(tmp_path, metrics={"port": port})) as (client, _services):
+        client.get("/healthz")
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert 'refsys_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text

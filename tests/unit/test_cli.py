@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import jwt
@@ -17,8 +16,7 @@ from control_plane.core.audit.trail import AuditFilter
 from control_plane.core.auth.roles import Role
 from control_plane.core.config import load_settings
 from control_plane.core.services import build_verifier, open_audit, open_engine, open_issuer
-
-REFSYS = str(Path(sys.executable).parent / "refsys")
+from tests.apps import run_refsys
 
 
 @pytest.fixture
@@ -31,11 +29,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _serve(workdir: Path, config: str) -> subprocess.CompletedProcess[str]:
     (workdir / "refsys.yaml").write_text(config)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("REFSYS_")}
-    return subprocess.run(
-        [REFSYS, "serve", "--config", "refsys.yaml", "--port", "1"],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    return run_refsys("serve", "--config", "refsys.yaml", "--port", "1", cwd=workdir)
 
 
 @pytest.mark.parametrize(
