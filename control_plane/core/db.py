@@ -73,10 +73,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def is_postgres(engine: Engine) -> bool:
-    return engine.dialect.name == "postgresql"
-
-
 def safe_url(url: str) -> str:
     """The URL with its password masked, fit for error messages and logs."""
     return sa.make_url(url).render_as_string(hide_password=True)

@@ -8,6 +8,7 @@ never forks. The record is hashed over its predecessor's hash and MACed with the
 from __future__ import annotations
 
 import getpass
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,7 +44,11 @@ class Actor:
     @classmethod
     def local_cli(cls) -> Actor:
         """An operator at the machine: whoever can run ``refsys`` against the configured stores."""
-        return cls(subject=f"cli:{getpass.getuser()}", client="local")
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # a container user with no passwd entry
+            user = f"uid-{os.getuid()}"
+        return cls(subject=f"cli:{user}", client="local")
 
 
 @dataclass(frozen=True)
