@@ -1,0 +1,1 @@
+"""Telemetry source adapters: one module per source, registered by name in ``ADAPTERS``."""

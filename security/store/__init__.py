@@ -1,0 +1,1 @@
+"""The event store: embedded SQLite (FTS5) or OpenSearch, behind ``base.EventStore``."""
