@@ -20,6 +20,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+RESERVED_DATASET_PREFIX = "refsys."
+"""Datasets the control plane writes itself (its audit trail, access log, source health): never a sender's."""
+
+
+def is_reserved(dataset: str) -> bool:
+    return dataset.startswith(RESERVED_DATASET_PREFIX)
+
 
 @dataclass(frozen=True)
 class Line:
