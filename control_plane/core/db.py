@@ -6,11 +6,13 @@ single writer and concurrent writers wait instead of failing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -76,3 +78,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def safe_url(url: str) -> str:
     """The URL with its password masked, fit for error messages and logs."""
     return sa.make_url(url).render_as_string(hide_password=True)
+
+
+def dialect_insert(connection: sa.Connection) -> Callable[[sa.Table], postgresql.Insert | sqlite.Insert]:
+    """The dialect's own ``insert`` (SQLite or PostgreSQL), which both offer ``ON CONFLICT`` the same way."""
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert
+    return sqlite.insert

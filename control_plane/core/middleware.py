@@ -63,7 +63,10 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _request_id(scope)
+        # Minted here, never taken from the caller: request ids identify access-log events, and a caller who
+        # could repeat one could hide its later requests behind an id already stored.
+        request_id = ids.new_id()
+        client_request_id = _client_request_id(scope)
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
 
@@ -87,7 +90,7 @@ class RequestMiddleware:
             else:
                 await self.app(scope, self._limited(receive), send_with_headers)
         finally:
-            self._observe(scope, status, time.perf_counter() - started, request_id)
+            self._observe(scope, status, time.perf_counter() - started, request_id, client_request_id)
 
     def _limited(self, receive: Receive) -> Receive:
         """Count body bytes as they arrive: a chunked body has no Content-Length to check up front."""
@@ -104,7 +107,9 @@ class RequestMiddleware:
 
         return limited_receive
 
-    def _observe(self, scope: Scope, status: int, seconds: float, request_id: str) -> None:
+    def _observe(
+        self, scope: Scope, status: int, seconds: float, request_id: str, client_request_id: str | None
+    ) -> None:
         route = scope.get("route")
         template = getattr(route, "path", None) or UNMATCHED_ROUTE
         self.metrics.observe_request(method=scope["method"], route=template, status=status, seconds=seconds)
@@ -116,6 +121,7 @@ class RequestMiddleware:
             "request",
             extra={
                 "request_id": request_id,
+                "client_request_id": client_request_id,
                 "method": scope["method"],
                 "route": template,
                 "status": status,
@@ -127,15 +133,13 @@ class RequestMiddleware:
         )
 
 
-def _request_id(scope: Scope) -> str:
-    """The caller's X-Request-ID when it is short and plain (so it can be logged safely), else a new one."""
+def _client_request_id(scope: Scope) -> str | None:
+    """The caller's own X-Request-ID, for correlating with its logs, when short and plain enough to log."""
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             candidate = value.decode("latin-1")
-            if _SAFE_REQUEST_ID.match(candidate):
-                return candidate
-            break
-    return ids.new_id()
+            return candidate if _SAFE_REQUEST_ID.match(candidate) else None
+    return None
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -96,6 +96,17 @@ def test_publish_writes_one_row_per_batch(bus: SqlBus) -> None:
     assert bus.end_offsets(topics.ALERTS) == {partition: 5}
 
 
+def test_backlog_counts_what_a_group_has_not_committed(bus: SqlBus) -> None:
+    bus.publish(topics.TELEMETRY, "a", [{"n": n} for n in range(4)])
+    bus.publish(topics.TELEMETRY, "b", [{"n": n} for n in range(3)])
+    assert bus.backlog(topics.TELEMETRY, "store") == 7
+    with bus.consumer(topics.TELEMETRY, "store") as consumer:
+        records = consumer.poll(max_records=100, timeout_s=5)
+        consumer.commit([record for record in records if record.key == "a"])
+    assert bus.backlog(topics.TELEMETRY, "store") == 3
+    assert bus.backlog(topics.TELEMETRY, "other") == 7
+
+
 def test_records_that_cannot_be_encoded_are_refused_whole(bus: SqlBus) -> None:
     with pytest.raises(RecordError, match="not JSON-serialisable"):
         bus.publish(topics.AUDIT, "k", [{"fine": 1}, {"bad": object()}])

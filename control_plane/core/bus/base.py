@@ -120,6 +120,14 @@ class Bus(_Closeable):
     def close(self) -> None:
         """Release connections; close this bus's consumers first."""
 
+    def backlog(self, topic: str, group: str) -> int | None:
+        """Records of ``topic`` that ``group`` has not committed yet, or None when the backend cannot tell.
+
+        Producers use it for backpressure: a full spool answers 429 instead of growing without bound.
+        """
+        check_topic(topic)
+        return None
+
     def compact(self, topic: str) -> int:
         """Drop what every consumer group has committed; returns how many stored batches went.
 

@@ -31,7 +31,7 @@ from control_plane.core.bus.base import (
 )
 from control_plane.core.bus.sql_consumer import SqlConsumer
 from control_plane.core.clock import utcnow
-from control_plane.core.db import Base, safe_url
+from control_plane.core.db import Base, dialect_insert, safe_url
 from control_plane.core.ids import new_id
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,10 @@ class SqlBus(Bus):
             )
             return dict(rows.all())
 
+    def backlog(self, topic: str, group: str) -> int:
+        committed = self.committed(topic, group)
+        return sum(end - committed.get(partition, 0) for partition, end in self.end_offsets(topic).items())
+
     def _create_tables(self) -> None:
         wanted = list(tables.ALL_TABLES)
         try:
@@ -192,7 +196,7 @@ def _reserve_offsets(connection: sa.Connection, topic: str, partition: int, coun
     end = connection.execute(bump).scalar()
     if end is None:  # the partition's first batch ever
         connection.execute(
-            tables.insert_for(connection)(tables.partitions)
+            dialect_insert(connection)(tables.partitions)
             .values(topic=topic, partition=partition, next_offset=0)
             .on_conflict_do_nothing()
         )

@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from control_plane.core.bus import tables
 from control_plane.core.bus.base import BusError, CommitError, Consumer, Record, resume_points
 from control_plane.core.clock import utcnow
+from control_plane.core.db import dialect_insert
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class SqlConsumer(Consumer):
         ]
         try:
             with self._engine.begin() as connection:
-                insert = tables.insert_for(connection)(tables.offsets).values(rows)
+                insert = dialect_insert(connection)(tables.offsets).values(rows)
                 connection.execute(
                     insert.on_conflict_do_update(
                         index_elements=["group_id", "topic", "partition"],
@@ -145,7 +146,7 @@ class SqlConsumer(Consumer):
         this_group = (m.group_id == self.group, m.topic == self.topic)
         # A write first: on SQLite a transaction that starts with a read may not upgrade to a write.
         with self._engine.begin() as connection:
-            insert = tables.insert_for(connection)(tables.members).values(
+            insert = dialect_insert(connection)(tables.members).values(
                 group_id=self.group, topic=self.topic, member_id=self.member_id, heartbeat_at=now
             )
             connection.execute(

@@ -5,10 +5,7 @@ SQLite file of its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from control_plane.core.db import Base, UtcDateTime
 
@@ -59,10 +56,3 @@ members = sa.Table(
 )
 
 ALL_TABLES: tuple[sa.Table, ...] = (batches, partitions, offsets, members)
-
-
-def insert_for(connection: sa.Connection) -> Callable[[sa.Table], postgresql.Insert | sqlite.Insert]:
-    """The dialect's own ``insert`` (SQLite or PostgreSQL), which both offer ``ON CONFLICT`` the same way."""
-    if connection.dialect.name == "postgresql":
-        return postgresql.insert
-    return sqlite.insert
