@@ -15,16 +15,29 @@ from control_plane.core.maintenance import Maintenance
 from control_plane.core.middleware import RequestMiddleware
 from control_plane.core.problems import install_problem_handlers
 from control_plane.core.services import Services, open_services
+from security import search_api
+from security.demo.runner import DemoRunner
+from security.demo.traffic import DemoTraffic
+from security.intake import api as intake_api
+from security.telemetry import Telemetry
 
 
-def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
-    """Build the app. ``services`` defaults to opening the configured stores (the schema must be at head)."""
+def create_app(settings: Settings, services: Services | None = None, *, demo: bool = False) -> FastAPI:
+    """Build the app. ``services`` defaults to opening the configured stores (the schema must be at head);
+    ``demo`` feeds a live generator of realistic telemetry, attacks included, into the intake."""
     services = services or open_services(settings)
+    telemetry = Telemetry(
+        settings=settings, engine=services.engine, bus=services.bus, registry=services.metrics.registry
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         maintenance = Maintenance(services)
         maintenance.start()
+        telemetry.start()
+        demo_runner = _demo_runner(settings, telemetry) if demo else None
+        if demo_runner is not None:
+            demo_runner.start()
         metrics_server = None
         if settings.metrics.port is not None:
             # In-cluster scraping without credentials, on a port kept off the public listener.
@@ -36,6 +49,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         finally:
             if metrics_server is not None:
                 metrics_server.shutdown()
+            if demo_runner is not None:
+                demo_runner.stop()
+            telemetry.stop()
             maintenance.stop()
             services.close()
 
@@ -49,11 +65,14 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.services = services
+    app.state.telemetry = telemetry
     install_problem_handlers(app)
     app.include_router(system.router)
     if services.issuer is not None:
         app.include_router(system.jwks_router)
     app.include_router(audit.router)
+    app.include_router(intake_api.router)
+    app.include_router(search_api.router)
     app.add_middleware(
         RequestMiddleware,
         metrics=services.metrics,
@@ -62,3 +81,12 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         access_log_enabled=settings.logging.access_log,
     )
     return app
+
+
+def _demo_runner(settings: Settings, telemetry: Telemetry) -> DemoRunner:
+    traffic = DemoTraffic(
+        events_per_s=settings.demo.events_per_s,
+        attack_every_s=settings.demo.attack_every_s,
+        seed=settings.demo.seed,
+    )
+    return DemoRunner(traffic=traffic, ingest=telemetry.intake.ingest)

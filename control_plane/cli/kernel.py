@@ -66,7 +66,7 @@ def serve(config_file: Path | None, host: str | None, port: int | None, demo: bo
         secretfiles.write_secret(token_file, token.encode() + b"\n", replace=True)
         click.echo(f"refsys: demo admin token (12 h) written to {token_file}")
     engine.dispose()
-    app = create_app(settings)
+    app = create_app(settings, demo=demo)
     click.echo(f"refsys: serving on http://{settings.server.host}:{settings.server.port}")
     uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_config=None, access_log=False)
 

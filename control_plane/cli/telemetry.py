@@ -17,18 +17,27 @@ from typing import Any
 import click
 from prometheus_client import CollectorRegistry
 
-from control_plane.cli.common import EXIT_CHECK_FAILED, EXIT_USAGE, config_option, fail, open_state, settings_from
+from control_plane.cli.common import (
+    EXIT_CHECK_FAILED,
+    EXIT_USAGE,
+    config_option,
+    fail,
+    open_state,
+    settings_from,
+)
 from control_plane.core.audit.trail import Actor
 from control_plane.core.bus import create_bus
 from control_plane.core.logs import configure_logging
 from security.intake.client import IngestClient, IngestRefused
 from security.intake.collector import Collector
-from security.intake.files import Batch, file_batches
+from security.intake.files import DEFAULT_BATCH_BYTES, Batch, file_batches
 from security.intake.service import SpoolFull
 from security.sources.registry import ADAPTERS, adapter_for
 from security.telemetry import Telemetry
 
-URL_HELP = "A running refsys server (token in REFSYS_TOKEN); without it, work in-process on the configured stores."
+URL_HELP = (
+    "A running refsys server (token in REFSYS_TOKEN); without it, work in-process on the configured stores."
+)
 INGEST_ATTEMPTS = 12
 
 
@@ -58,18 +67,26 @@ def _progress(total_bytes: int) -> Iterator[Any]:
 @config_option
 @click.option("--source", required=True, type=click.Choice(sorted(ADAPTERS)), help="Source adapter.")
 @click.option("--url", envvar="REFSYS_URL", default=None, help=URL_HELP)
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def ingest(config_file: Path | None, source: str, url: str | None, files: tuple[Path, ...]) -> None:
+@click.option("--batch-bytes", type=click.IntRange(1024), default=DEFAULT_BATCH_BYTES, show_default=True,
+              help="Largest batch sent at once (keep it under the server's body limit).")  # fmt: skip
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+def ingest(
+    config_file: Path | None, source: str, url: str | None, batch_bytes: int, files: tuple[Path, ...]
+) -> None:
     """Normalise, store and detect FILES; print a JSON summary. Rejected lines go to the dead-letter store."""
-    framing = adapter_for(source).framing
+    adapter = type(adapter_for(source))
     totals: Counter[str] = Counter()
     per_file: dict[str, dict[str, int]] = {}
     with _progress(sum(path.stat().st_size for path in files)) as bar:
-        send: _LocalSender | _RemoteSender = _RemoteSender(url, source) if url else _LocalSender(config_file, source)
+        send: _LocalSender | _RemoteSender = (
+            _RemoteSender(url, source) if url else _LocalSender(config_file, source)
+        )
         try:
             for path in files:
                 counts: Counter[str] = Counter()
-                for batch in file_batches(path, framing):
+                for batch in file_batches(path, adapter, max_bytes=batch_bytes):
                     summary = send(batch)
                     for name in ("lines", "accepted", "rejected", "clamped"):
                         counts[name] += int(summary.get(name, 0))
@@ -79,7 +96,10 @@ def ingest(config_file: Path | None, source: str, url: str | None, files: tuple[
                 totals.update(counts)
         finally:
             stored = send.close()
-    result = {"source": source, **{name: totals[name] for name in ("lines", "accepted", "rejected", "clamped")}}
+    result = {
+        "source": source,
+        **{name: totals[name] for name in ("lines", "accepted", "rejected", "clamped")},
+    }
     result |= {"files": per_file, "sources": {source: dict(totals)}}
     if stored is not None:
         result["stored"] = stored
@@ -100,7 +120,9 @@ class _LocalSender:
 
     def __call__(self, batch: Batch) -> dict[str, Any]:
         try:
-            result = self.telemetry.intake.ingest(self.source, batch.data, observer=self.observer, origin=batch.origin)
+            result = self.telemetry.intake.ingest(
+                self.source, batch.data, observer=self.observer, origin=batch.origin
+            )
         except SpoolFull:
             self.telemetry.indexer.drain()
             return self(batch)
@@ -133,24 +155,37 @@ class _RemoteSender:
 @click.command()
 @config_option
 @click.option("--source", required=True, type=click.Choice(sorted(ADAPTERS)), help="Source adapter.")
-@click.option("--follow", "path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="File to follow.")
+@click.option(
+    "--follow", "path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="File to follow."
+)
 @click.option("--url", envvar="REFSYS_URL", required=True, help="The refsys server (token in REFSYS_TOKEN).")
 @click.option("--state", "state_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where the position is saved (default: DATA_DIR/collect/<file>.json).")  # fmt: skip
 @click.option("--heartbeat", type=click.IntRange(1), default=None, help="Expected seconds between batches.")
 def collect(
-    config_file: Path | None, source: str, path: Path, url: str, state_file: Path | None, heartbeat: int | None
+    config_file: Path | None,
+    source: str,
+    path: Path,
+    url: str,
+    state_file: Path | None,
+    heartbeat: int | None,
 ) -> None:
     """Follow PATH across rotation and ship it to URL, resuming from the saved position after a restart."""
     settings = settings_from(config_file)
     configure_logging(settings.logging.level)
     absolute = path.absolute()
-    state = state_file or settings.data_dir / "collect" / f"{sha256(str(absolute).encode()).hexdigest()[:16]}.json"
+    state = (
+        state_file
+        or settings.data_dir / "collect" / f"{sha256(str(absolute).encode()).hexdigest()[:16]}.json"
+    )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     client = IngestClient(url, _token())
-    collector = Collector(absolute, source=source, client=client, state_file=state, heartbeat_s=heartbeat, stop=stop)
+    collector = Collector(
+        absolute, source=source, batch_end=type(adapter_for(source)).batch_end, client=client, state_file=state,
+        heartbeat_s=heartbeat, stop=stop,
+    )  # fmt: skip
     try:
         collector.run()
     except IngestRefused as exc:

@@ -119,6 +119,67 @@ class BusSettings(_Section):
     kafka: KafkaSettings = KafkaSettings()
 
 
+class WazuhApiConfig(_Section):
+    url: str | None = None
+    """Wazuh manager API (https://HOST:55000) to enrich Wazuh alerts with agent inventory; unset: no enrichment."""
+    username: str | None = None
+    """Wazuh API user (read-only agent access is enough)."""
+    password: str | None = None
+    """Its password (prefer REFSYS_TELEMETRY__WAZUH_API__PASSWORD)."""
+    ca_file: Path | None = None
+    """CA bundle of the manager's certificate (Wazuh's root-ca.pem)."""
+    insecure_skip_tls_verify: bool = False
+    """Turn certificate verification off (never implied; logged on every client)."""
+    inventory_ttl_s: float = Field(300.0, gt=0)
+    """How long the agent inventory is reused before it is fetched again."""
+
+
+class TelemetrySettings(_Section):
+    max_future_skew_s: int = Field(300, ge=0)
+    """Event times later than ingest time plus this are clamped (a forged future time cannot blind detection)."""
+    max_past_skew_s: int | None = Field(None, ge=0)
+    """Event times earlier than ingest time minus this are clamped; unset keeps old events' times (backfill)."""
+    max_backlog_events: int = Field(500_000, ge=1000)
+    """Events waiting for the store before the intake answers 429 with Retry-After."""
+    max_decompressed_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Largest request body once gzip is undone."""
+    heartbeats: dict[str, int] = {}
+    """Expected heartbeat in seconds per source name; silence beyond it emits a source-silent event."""
+    wazuh_api: WazuhApiConfig = WazuhApiConfig()
+
+
+class OpenSearchSettings(_Section):
+    hosts: list[str] = ["https://127.0.0.1:9200"]
+    """OpenSearch nodes (URLs)."""
+    username: str | None = None
+    """Basic-auth user."""
+    password: str | None = None
+    """Basic-auth password (prefer REFSYS_STORE__OPENSEARCH__PASSWORD or a mounted file)."""
+    ca_file: Path | None = None
+    """CA bundle to verify the cluster's certificate."""
+    verify_certs: bool = True
+    """Verify TLS certificates (turn off only for a throw-away test cluster)."""
+    index_prefix: str = "refsys-events"
+    """Prefix of the daily indices and the index template."""
+
+
+class StoreSettings(_Section):
+    backend: Literal["sqlite", "opensearch"] = "sqlite"
+    """Event store: embedded SQLite (FTS5) or OpenSearch."""
+    path: Path | None = None
+    """SQLite file of the embedded event store. Default: DATA_DIR/events.db."""
+    opensearch: OpenSearchSettings = OpenSearchSettings()
+
+
+class DemoSettings(_Section):
+    events_per_s: float = Field(20.0, gt=0, le=100_000)
+    """Rate of the demo telemetry generator (`refsys serve --demo`)."""
+    attack_every_s: float = Field(120.0, gt=0)
+    """How often an attack scenario is mixed into the demo traffic."""
+    seed: int | None = None
+    """Random seed of the demo generator, for reproducible demo data."""
+
+
 class MetricsSettings(_Section):
     port: int | None = Field(None, ge=1, le=65535)
     """Optional separate, unauthenticated metrics port for in-cluster scraping."""
@@ -151,6 +212,9 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     audit: AuditSettings = AuditSettings()
     bus: BusSettings = BusSettings()
+    store: StoreSettings = StoreSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+    demo: DemoSettings = DemoSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
 
@@ -216,6 +280,10 @@ class Settings(BaseSettings):
     @property
     def audit_checkpoint_file(self) -> Path:
         return self.audit.checkpoint_file or self.data_dir / "audit" / "checkpoints.jsonl"
+
+    @property
+    def store_path(self) -> Path:
+        return self.store.path or self.data_dir / "events.db"
 
     @property
     def bus_url(self) -> str:

@@ -25,6 +25,7 @@ authentication or session events with ``event.outcome`` from ``res=``; account r
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,10 @@ class _OpenEvent:
         return Parsed(self.lines[0], event_document(self.lines, self.records))
 
 
+_EVENT_ID = re.compile(rb"msg=audit\(\d+\.\d+:\d+\)")
+"""The (time:serial) of a record, as bytes: enough to tell where one event's records end."""
+
+
 class AuditdAdapter(Adapter):
     """``audit.log`` lines in; one ECS event per (node, timestamp, serial) out."""
 
@@ -115,6 +120,25 @@ class AuditdAdapter(Adapter):
             event.records.append(record)
         for event in open_events.values():
             yield event.parsed()
+
+    @classmethod
+    def batch_end(cls, data: bytes) -> int:
+        """End a batch after an ``EOE`` record, or before the last event's first record: auditd writes an
+        event's records together, so only the last event of a stream slice can be incomplete."""
+        end = data.rfind(b"\n") + 1
+        if end == 0:
+            return 0
+        lines = data[:end].splitlines(keepends=True)
+        if b"type=EOE " in lines[-1]:
+            return end
+        last = _EVENT_ID.search(lines[-1])
+        cut = end
+        for line in reversed(lines):
+            found = _EVENT_ID.search(line)
+            if last is None or found is None or found.group(0) != last.group(0):
+                break
+            cut -= len(line)
+        return cut
 
     def normalise(self, line: Line) -> list[dict[str, Any]]:
         """One record as an event of its own, for callers that have a single line; ``parse`` groups."""

@@ -85,6 +85,13 @@ class Adapter(ABC):
             for doc in docs:
                 yield Parsed(line, doc)
 
+    @classmethod
+    def batch_end(cls, data: bytes) -> int:
+        """Where a batch cut from a stream of this source's lines may end: past the last complete line by
+        default. Sources whose events span lines (auditd) end it before an event that may be incomplete;
+        0 means "no safe cut yet"."""
+        return data.rfind(b"\n") + 1
+
     @abstractmethod
     def normalise(self, line: Line) -> list[dict[str, Any]]:
         """ECS documents for one line (usually one; a Kubernetes ``EventList`` gives many); raise ``Rejected``."""

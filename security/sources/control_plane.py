@@ -31,7 +31,7 @@ AUDIT_FIELDS = (
     "outcome", "details", "prev_hash", "hash",
 )  # fmt: skip
 """The columns of ``audit_records`` that are exported (everything but ``mac``)."""
-ACCESS_FIELDS = ("time", "request_id", "method", "route", "status", "latency_ms", "sub", "jti", "client")
+ACCESS_FIELDS = ("time", "request_id", "client_request_id", "method", "route", "status", "latency_ms", "sub", "jti", "client")
 """The fields of an access-log entry (``control_plane/core/middleware.py``, plus the log line's ``time``)."""
 _OUTCOMES = {"success": "success", "failure": "failure", "refused": "failure"}
 

@@ -75,6 +75,16 @@ def test_make_run_on_a_fresh_copy(tmp_path: Path) -> None:
         assert response.status_code == 200
         assert any(item["action"] == "token.issue" for item in response.json()["items"])
         assert (checkout / "var" / "refsys.db").exists(), "the embedded default is SQLite under ./var"
+        # --demo feeds live sensor traffic through the real intake.
+        deadline = time.monotonic() + 60
+        observers: set[str] = set()
+        while time.monotonic() < deadline and len(observers) < 3:
+            sources = httpx.get(f"{base}/api/v1/ingest/sources", headers={"Authorization": f"Bearer {token}"})
+            observers = {
+                item["observer"] for item in sources.json()["items"] if item["observer"].startswith("demo:")
+            }
+            time.sleep(0.5)
+        assert len(observers) >= 3, f"demo traffic did not arrive: {observers}"
     finally:
         os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=60)

@@ -31,6 +31,9 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "audit:read": frozenset({Role.AUDITOR}),
     "audit:verify": frozenset({Role.AUDITOR}),
     "metrics:read": frozenset({Role.METRICS}),
+    "telemetry:ingest": frozenset({Role.INGEST}),
+    "telemetry:read": frozenset({Role.SECURITY_OFFICER}),
+    "events:search": frozenset({Role.SECURITY_OFFICER, Role.AUDITOR}),
 }
 """Permission -> roles that hold it (``admin`` is added to every entry by ``roles_for``)."""
 

@@ -1,0 +1,1 @@
+"""The intake: framing, identity, stamping, dead letters, source health, and the store indexer."""
