@@ -6,6 +6,7 @@ their dotted path. Empty values are never written, so a missing field is absent 
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -49,3 +50,14 @@ def flatten(doc: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any
             yield from flatten(value, path + ".")
         else:
             yield path, value
+
+
+def ip(value: Any) -> str | None:
+    """``value`` as a canonical IP address, or None when it is not one (a host name, a redacted
+    ``000.111.222.10``, ``local``): ``*.ip`` fields only ever hold addresses, so an ``ip``-typed mapping holds."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return None

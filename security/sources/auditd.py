@@ -24,12 +24,12 @@ authentication or session events with ``event.outcome`` from ``res=``; account r
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from security.ecs import ip as ecs_ip
 from security.ecs import put
 from security.sources.auditd_fields import UNSET_ID, AuditRecord, parse_record
 from security.sources.base import Adapter, Line, Outcome, Parsed, Rejected, Rejection
@@ -222,15 +222,7 @@ def _user_space(doc: dict[str, Any], record: AuditRecord) -> None:
     address = record.fields.get("addr")
     if address not in (None, "?"):
         put(doc, "source.address", address)
-        put(doc, "source.ip", _ip(address))
-
-
-def _ip(address: str) -> str | None:
-    """The address as an IP, or None for a host name (kept only in ``source.address``)."""
-    try:
-        return str(ipaddress.ip_address(address))
-    except ValueError:
-        return None
+        put(doc, "source.ip", ecs_ip(address))
 
 
 def _audit_id(doc: dict[str, Any], record: AuditRecord) -> None:

@@ -13,7 +13,6 @@ so a record found in the event store can be checked against the trail.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import orjson
 
 from control_plane.core import clock
+from security.ecs import ip as ecs_ip
 from security.ecs import put
 
 AUDIT_DATASET = "refsys.audit"
@@ -31,7 +31,18 @@ AUDIT_FIELDS = (
     "outcome", "details", "prev_hash", "hash",
 )  # fmt: skip
 """The columns of ``audit_records`` that are exported (everything but ``mac``)."""
-ACCESS_FIELDS = ("time", "request_id", "client_request_id", "method", "route", "status", "latency_ms", "sub", "jti", "client")
+ACCESS_FIELDS = (
+    "time",
+    "request_id",
+    "client_request_id",
+    "method",
+    "route",
+    "status",
+    "latency_ms",
+    "sub",
+    "jti",
+    "client",
+)
 """The fields of an access-log entry (``control_plane/core/middleware.py``, plus the log line's ``time``)."""
 _OUTCOMES = {"success": "success", "failure": "failure", "refused": "failure"}
 
@@ -53,7 +64,7 @@ def audit_record_to_ecs(record: Mapping[str, Any]) -> dict[str, Any]:
     put(doc, "message", f"{record['actor']} {record['action']}{f' {target}' if target else ''}: {outcome}")
     put(doc, "user.name", record["actor"])
     put(doc, "user.roles", list(record.get("roles") or []))
-    put(doc, "source.ip", _ip(record.get("client")))
+    put(doc, "source.ip", ecs_ip(record.get("client")))
     put(doc, "user_agent.original", record.get("user_agent"))
     put(doc, "http.request.id", record.get("request_id"))
     doc["refsys"] = {"audit": native}
@@ -81,7 +92,7 @@ def access_entry_to_ecs(entry: Mapping[str, Any]) -> dict[str, Any]:
     put(doc, "http.request.id", str(entry["request_id"]))
     put(doc, "http.response.status_code", status)
     put(doc, "user.name", entry.get("sub"))
-    put(doc, "source.ip", _ip(entry.get("client")))
+    put(doc, "source.ip", ecs_ip(entry.get("client")))
     doc["refsys"] = {"access": native}
     return doc
 
@@ -93,11 +104,3 @@ def _time(value: Any) -> str:
 
 def _plain(value: Any) -> Any:
     return clock.rfc3339(value) if isinstance(value, datetime) else value
-
-
-def _ip(value: Any) -> str | None:
-    """The client address when it is one (the CLI records ``local``)."""
-    try:
-        return str(ipaddress.ip_address(value)) if isinstance(value, str) else None
-    except ValueError:
-        return None

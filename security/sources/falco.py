@@ -11,10 +11,10 @@ also checks: ``time``, ``rule`` and a known ``priority``.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any, ClassVar
 
 from control_plane.core.clock import parse_rfc3339, rfc3339
+from security.ecs import ip as ecs_ip
 from security.ecs import put
 from security.sources.base import Adapter, Line, Rejected
 
@@ -170,9 +170,9 @@ def _map_fd_name(doc: dict[str, Any], fd_name: str) -> None:
 
 def _endpoint(doc: dict[str, Any], side: str, address: str) -> None:
     host, _, port = address.rpartition(":")  # IPv6 addresses hold colons too: the port is after the last one
-    try:
-        put(doc, f"{side}.ip", str(ipaddress.ip_address(host.strip("[]"))))
-    except ValueError:
+    address = ecs_ip(host.strip("[]"))
+    if address is None:
         return
+    put(doc, f"{side}.ip", address)
     if port.isdigit():
         put(doc, f"{side}.port", int(port))

@@ -13,7 +13,6 @@ event has no stage): re-ingesting a stage is idempotent, and the stages of one r
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from control_plane.core.clock import rfc3339
+from security.ecs import ip as ecs_ip
 from security.ecs import put
 from security.sources.base import Adapter, Line, Outcome, Parsed, Rejected, Rejection
 
@@ -194,12 +194,7 @@ def _map_source(doc: dict[str, Any], source_ips: Any) -> None:
     ``related.ip``, and stay in ``kubernetes.audit.sourceIPs`` as written."""
     if not isinstance(source_ips, list):
         return
-    addresses = []
-    for text in source_ips:
-        try:
-            addresses.append(str(ipaddress.ip_address(text)))
-        except (TypeError, ValueError):
-            continue
+    addresses = [address for address in map(ecs_ip, source_ips) if address is not None]
     if addresses:
         put(doc, "source.ip", addresses[0])
     put(doc, "related.ip", addresses)

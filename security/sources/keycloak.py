@@ -39,7 +39,6 @@ logging guide (https://www.keycloak.org/server/logging) for the JSON layout; the
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -49,6 +48,7 @@ import orjson
 
 from control_plane.core import clock
 from security.ecs import get, put
+from security.ecs import ip as ecs_ip
 from security.sources.base import Adapter, Line, Rejected
 
 EVENTS_LOGGER = "org.keycloak.events"
@@ -282,7 +282,7 @@ def _map_user_event(doc: dict[str, Any], event: Mapping[str, Any]) -> None:
     put(doc, "user.id", event.get("userId"))
     put(doc, "user.name", details.get("username"))
     put(doc, "user.domain", event.get("realmName"))
-    put(doc, "source.ip", _ip(event.get("ipAddress")))
+    put(doc, "source.ip", ecs_ip(event.get("ipAddress")))
 
 
 def _map_admin_event(doc: dict[str, Any], event: Mapping[str, Any]) -> None:
@@ -306,7 +306,7 @@ def _map_admin_event(doc: dict[str, Any], event: Mapping[str, Any]) -> None:
     auth = _object(event.get("authDetails"))
     put(doc, "user.id", auth.get("userId"))
     put(doc, "user.domain", auth.get("realmName"))
-    put(doc, "source.ip", _ip(auth.get("ipAddress")))
+    put(doc, "source.ip", ecs_ip(auth.get("ipAddress")))
     representation = _representation(event.get("representation"))
     if on_users:
         put(doc, "user.target.id", path[1])
@@ -342,12 +342,3 @@ def _role_names(representation: Any) -> list[str]:
     """The roles a role-mapping event granted or removed: its representation is a list of roles."""
     roles = representation if isinstance(representation, list) else []
     return [role["name"] for role in roles if isinstance(role, Mapping) and isinstance(role.get("name"), str)]
-
-
-def _ip(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        return None

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from control_plane.core.clock import parse_rfc3339, rfc3339
+from security.ecs import ip as ecs_ip
 from security.ecs import put
 from security.sources.base import Adapter, Line, Rejected
 
@@ -149,18 +150,9 @@ def _endpoint(doc: dict[str, Any], side: str, address: Any, port: Any) -> None:
     ``0000:...:0001`` and ``::1`` match), ``side.port`` only when it is a port."""
     if isinstance(address, str):
         put(doc, f"{side}.address", address)
-        if _is_ip(address):
-            put(doc, f"{side}.ip", str(ipaddress.ip_address(address)))
+        put(doc, f"{side}.ip", ecs_ip(address))
     if isinstance(port, int) and not isinstance(port, bool) and 0 <= port <= 65535:
         put(doc, f"{side}.port", port)
-
-
-def _is_ip(value: Any) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _mac(value: Any) -> str | None:
@@ -249,7 +241,7 @@ def _map_dns(doc: dict[str, Any], dns: dict[str, Any]) -> None:
     ecs_answers = [_dns_answer(answer) for answer in answers if isinstance(answer, dict)]
     put(doc, "dns.answers", ecs_answers)
     addresses = [answer.get("data") for answer in ecs_answers if answer.get("type") in ("A", "AAAA")]
-    put(doc, "dns.resolved_ip", [address for address in addresses if _is_ip(address)])
+    put(doc, "dns.resolved_ip", [address for address in addresses if ecs_ip(address) is not None])
 
 
 def _dns_answer(answer: dict[str, Any]) -> dict[str, Any]:

@@ -17,10 +17,11 @@ user or the account an sshd login was for. Remote addresses go to ``source.addre
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable
 from typing import Any
+
+from security.ecs import ip as ecs_ip
 
 Fields = dict[str, Any]
 
@@ -179,10 +180,8 @@ def _users(*, requester: str | None, account: str | None) -> Fields:
 def _address(address: str | None) -> Fields:
     if not address:
         return {}
-    try:
-        return {"source.address": address, "source.ip": str(ipaddress.ip_address(address))}
-    except ValueError:
-        return {"source.address": address}
+    ip = ecs_ip(address)
+    return {"source.address": address, "source.ip": ip} if ip else {"source.address": address}
 
 
 _BY_APP: dict[str, Callable[[str], Fields | None]] = {

@@ -23,13 +23,13 @@ References: the samples under ``../shared/data/wazuh-ruleset-tests`` (wazuh/wazu
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
 from control_plane.core import clock
 from security.ecs import get, put
+from security.ecs import ip as ecs_ip
 from security.sources.base import Adapter, Line, Rejected
 
 _GroupMapping = tuple[tuple[str, ...], tuple[str, ...], str | None]
@@ -162,7 +162,7 @@ def _put_groups(doc: dict[str, Any], alert: Mapping[str, Any], rule: Mapping[str
 
 def _put_host(doc: dict[str, Any], alert: Mapping[str, Any]) -> None:
     put(doc, "host.name", get(alert, "agent.name"))
-    agent_ip = _ip(get(alert, "agent.ip"))
+    agent_ip = ecs_ip(get(alert, "agent.ip"))
     put(doc, "host.ip", [agent_ip] if agent_ip else None)
 
 
@@ -171,9 +171,9 @@ def _put_data(doc: dict[str, Any], alert: Mapping[str, Any]) -> None:
     data = alert.get("data")
     if not isinstance(data, Mapping):
         return
-    put(doc, "source.ip", _ip(data.get("srcip")))
+    put(doc, "source.ip", ecs_ip(data.get("srcip")))
     put(doc, "source.port", _port(data.get("srcport")))
-    put(doc, "destination.ip", _ip(data.get("dstip")))
+    put(doc, "destination.ip", ecs_ip(data.get("dstip")))
     put(doc, "destination.port", _port(data.get("dstport")))
     put(doc, "url.original", data.get("url"))
     source_user, target_user = data.get("srcuser"), data.get("dstuser")
@@ -181,16 +181,6 @@ def _put_data(doc: dict[str, Any], alert: Mapping[str, Any]) -> None:
     put(doc, "user.name", source_user or target_user)
     if source_user and target_user and source_user != target_user:
         put(doc, "user.effective.name", target_user)
-
-
-def _ip(value: Any) -> str | None:
-    """A valid IP address, or None: a redacted ``000.111.222.10`` must not break an ``ip``-typed field."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return str(ipaddress.ip_address(value.strip()))
-    except ValueError:
-        return None
 
 
 def _port(value: Any) -> int | None:

@@ -18,7 +18,6 @@ check requests and responses against an excerpt of it (``tests/unit/fixtures/waz
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import ssl
 import threading
@@ -33,6 +32,7 @@ import httpx
 import jwt
 
 from security import ecs
+from security.ecs import ip as ecs_ip
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class Agent:
         """ECS ``host.*`` fields by dotted path; an agent IP of ``any`` (unknown) is left out."""
         fields: dict[str, Any] = {
             "host.name": self.name,
-            "host.ip": [self.ip] if _is_ip(self.ip) else None,
+            "host.ip": [self.ip] if ecs_ip(self.ip) is not None else None,
             "host.os.name": self.os.get("name"),
             "host.os.platform": self.os.get("platform"),
             "host.os.version": self.os.get("version"),
@@ -301,14 +301,6 @@ def _expiry(token: str, *, now: float) -> float:
     except jwt.PyJWTError:
         exp = None
     return float(exp) if isinstance(exp, int | float) else now + DEFAULT_TOKEN_LIFETIME_S
-
-
-def _is_ip(value: Any) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _os_type(os_info: Mapping[str, Any]) -> str | None:
