@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import report
 from control_plane.core import clock
-from security.store import DateHistogramAgg, EventQuery, SqliteEventStore, TermsAgg
+from security.store import Aggregation, DateHistogramAgg, EventQuery, SqliteEventStore, TermsAgg
 
 END = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 WORDS = [
@@ -270,7 +270,10 @@ def main() -> None:
         store = SqliteEventStore(Path(tmp) / "query.db")
         load_s, load_cpu_s, _ = load(store, args.events, 7.0, args.batch)
         size_bytes = sum(path.stat().st_size for path in Path(tmp).glob("query.db*"))
-        aggs = {"sources": TermsAgg("source.ip", 10), "per_hour": DateHistogramAgg(3600)}
+        aggs: dict[str, Aggregation] = {
+            "sources": TermsAgg("source.ip", 10),
+            "per_hour": DateHistogramAgg(3600),
+        }
         queries: dict[str, Any] = {}
         for term in (QUERY_TERM, "alpha"):
             last_day = EventQuery(

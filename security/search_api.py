@@ -74,6 +74,10 @@ class SearchRequest(BaseModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> SearchRequest:
+        if "count" in self.aggregations:
+            raise ValueError(
+                "'count' is the total the response always carries; name the aggregation otherwise"
+            )
         if self.start.tzinfo is None or self.end.tzinfo is None:
             raise ValueError("start and end need a timezone (RFC 3339, e.g. 2026-11-25T00:00:00Z)")
         if self.end <= self.start:

@@ -27,8 +27,7 @@ from security.intake.identity import derived_event_id
 from security.intake.indexer import StoreIndexer
 from security.intake.service import Intake
 from security.sources.wazuh_api import AgentInventory, WazuhApiClient, WazuhApiSettings
-from security.store.base import EventStore
-from security.store.sqlite_store import SqliteEventStore
+from security.store import EventStore, open_store
 
 UPKEEP_INTERVAL_S = 5.0
 HEALTH_DATASET = "refsys.health"
@@ -106,20 +105,12 @@ def enrichers(settings: Settings) -> dict[str, Callable[[dict[str, Any]], Any]]:
 def open_event_store(settings: Settings) -> EventStore:
     """The configured event store: the embedded SQLite file, or an OpenSearch cluster."""
     if settings.store.backend == "opensearch":
-        from security.store.opensearch_store import (
-            OpenSearchEventStore,  # only deployments that use it load it
-        )
-
         search = settings.store.opensearch
-        return OpenSearchEventStore(
-            hosts=search.hosts,
-            username=search.username,
-            password=search.password,
-            ca_file=search.ca_file,
-            verify_certs=search.verify_certs,
-            index_prefix=search.index_prefix,
-        )
-    return SqliteEventStore(settings.store_path)
+        return open_store(
+            "opensearch", hosts=search.hosts, username=search.username, password=search.password,
+            ca_file=search.ca_file, verify_certs=search.verify_certs, index_prefix=search.index_prefix,
+        )  # fmt: skip
+    return open_store("sqlite", path=settings.store_path)
 
 
 def silence_event(change: SilenceChange) -> dict[str, Any]:

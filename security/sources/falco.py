@@ -170,9 +170,9 @@ def _map_fd_name(doc: dict[str, Any], fd_name: str) -> None:
 
 def _endpoint(doc: dict[str, Any], side: str, address: str) -> None:
     host, _, port = address.rpartition(":")  # IPv6 addresses hold colons too: the port is after the last one
-    address = ecs_ip(host.strip("[]"))
-    if address is None:
+    ip = ecs_ip(host.strip("[]"))
+    if ip is None:
         return
-    put(doc, f"{side}.ip", address)
+    put(doc, f"{side}.ip", ip)
     if port.isdigit():
         put(doc, f"{side}.port", int(port))

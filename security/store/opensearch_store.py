@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -65,7 +66,8 @@ class OpenSearchEventStore(EventStore):
         *,
         username: str | None = None,
         password: str | None = None,
-        ca_file: str | None = None,
+        ca_file: str | Path | None = None,
+        verify_certs: bool = True,
         index_prefix: str = "refsys-events",
         retention_days: int | None = None,
         refresh: bool = False,
@@ -83,8 +85,8 @@ class OpenSearchEventStore(EventStore):
         self._client = client or OpenSearch(
             hosts=list(hosts),
             http_auth=(username, password or "") if username else None,
-            ca_certs=ca_file,
-            verify_certs=True,
+            ca_certs=str(ca_file) if ca_file else None,
+            verify_certs=verify_certs,
             timeout=timeout_s,
             max_retries=0,  # retries are ours, with backoff
             http_compress=True,

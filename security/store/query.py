@@ -14,7 +14,7 @@ from typing import Any
 from control_plane.core import clock
 from security.store.base import Aggregation, DateHistogramAgg, TermsAgg
 
-DATASET = re.compile(r"[a-z0-9][a-z0-9_.]{0,99}")
+DATASET = re.compile(r"[a-z0-9][a-z0-9_.]{0,199}")
 """``event.dataset``: lowercase, no ``-`` (so that ``<prefix>-<dataset>-*`` index patterns cannot match
 another dataset's indices) and nothing OpenSearch refuses in an index name."""
 FIELD = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9_@-]*(?:\.[A-Za-z0-9_@-]+)*")

@@ -433,11 +433,15 @@ def test_sqlite_same_microsecond_events_across_batches_keep_distinct_keys(tmp_pa
     store.close()
 
 
-def test_open_store_builds_either_backend(tmp_path: Path) -> None:
-    store = open_store("sqlite", path=tmp_path / "events.db")
-    assert isinstance(store, SqliteEventStore)
-    store.check()
-    store.close()
+def test_open_store_builds_the_configured_backend(tmp_path: Path) -> None:
+    sqlite = open_store("sqlite", path=tmp_path / "events.db")
+    assert isinstance(sqlite, SqliteEventStore)
+    sqlite.check()
+    sqlite.close()
+    opensearch = open_store("opensearch", hosts=["http://127.0.0.1:9"], index_prefix="ops-events")
+    assert isinstance(opensearch, OpenSearchEventStore)
+    assert opensearch.prefix == "ops-events"
+    opensearch.close()
     with pytest.raises(ValueError, match="unknown"):
         open_store("elasticsearch")
 
@@ -496,7 +500,7 @@ def test_an_existing_ism_policy_is_updated_with_its_sequence_number() -> None:
         return {"_seq_no": 7, "_primary_term": 2}
 
     store = OpenSearchEventStore(["http://127.0.0.1:9"], retention_days=30)
-    store._client.transport.perform_request = perform_request  # type: ignore[method-assign]
+    store._client.transport.perform_request = perform_request  # type: ignore[assignment]
     store._install_ism_policy()
     path = "/_plugins/_ism/policies/refsys-events-retention"
     assert calls == [
@@ -532,7 +536,7 @@ def retrying_store(bulk: FakeBulk, waits: list[float]) -> OpenSearchEventStore:
     """A store whose bulk requests get ``bulk``'s answers (nothing is sent anywhere)."""
     store = OpenSearchEventStore(["http://127.0.0.1:9"], backoffs_s=(0.5, 1.0, 2.0), sleep=waits.append)
     store._ready = True  # the template is not what this test is about
-    store._client.bulk = bulk  # type: ignore[method-assign]
+    store._client.bulk = bulk
     return store
 
 
