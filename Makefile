@@ -27,6 +27,8 @@ test: $(VENV)/.test-extras
 bench: $(VENV)/.test-extras
 	$(BIN)/python bench/audit_verify_bench.py
 	$(BIN)/python bench/api_bench.py
+	$(BIN)/python bench/store_bench.py
+	$(BIN)/python bench/ingest_bench.py
 
 lint: $(VENV)/.test-extras
 	$(BIN)/ruff check .

@@ -130,11 +130,11 @@ class _LocalSender:
         return result.as_dict()
 
     def close(self) -> int:
-        stored = self.telemetry.indexer.drain()
+        """Finish storing; returns how many events this run added to the store (0 for a file seen before)."""
         self.telemetry.stop()
         self.telemetry.bus.close()
         self.engine.dispose()
-        return stored
+        return self.telemetry.indexer.stored_total
 
 
 class _RemoteSender:

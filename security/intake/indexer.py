@@ -42,6 +42,8 @@ class StoreIndexer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rate_per_s: float | None = None
+        self.stored_total = 0
+        """Events this indexer wrote that the store did not hold yet (re-deliveries are not counted)."""
         self._stored = Counter(
             "refsys_store_events_written",
             "Events the indexer wrote to the store (new ones only).",
@@ -65,6 +67,7 @@ class StoreIndexer:
         written = self.store.write([record.value for record in records])
         elapsed = time.perf_counter() - started
         self._consumer.commit(records)
+        self.stored_total += written
         self._stored.inc(written)
         self._write_seconds.observe(elapsed)
         self._note_rate(len(records) / max(elapsed, 1e-6))
