@@ -86,7 +86,9 @@ class StoreIndexer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread, store what is already published, and leave the group."""
+        """Stop the thread, store what is already published, and leave the group (once)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)

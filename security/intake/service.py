@@ -228,6 +228,8 @@ class Intake:
         key = f"{source}:{observer}"
         for start in range(0, len(docs), PUBLISH_CHUNK):
             self.bus.publish(topics.TELEMETRY, key, docs[start : start + PUBLISH_CHUNK])
+        with self._lock:
+            self._backlog += len(docs)  # until the next measurement, count what this batch added
 
     def _refuse_when_spool_full(self) -> None:
         with self._lock:

@@ -238,3 +238,19 @@ def test_enrichment_adds_context_and_its_failure_loses_nothing(app: tuple[TestCl
     assert events["event"]["host"]["name"] == "edge-sensor" and "host" not in events["alert"]
     metrics = client.get("/metrics", headers=bearer(services, Role.METRICS)).text
     assert 'refsys_ingest_enrichment_failures_total{source="suricata"} 1.0' in metrics
+
+
+def test_a_full_spool_answers_429_with_retry_after(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, telemetry={"max_backlog_events": 1000})
+    with running_app(settings) as (client, services):
+        telemetry = _telemetry(client)
+        telemetry.indexer.stop()  # the store stops keeping up
+        headers = _key(services)
+        flood = b"".join(SSHD for _ in range(1001))
+        assert client.post("/api/v1/ingest/syslog", content=flood, headers=headers).status_code == 202
+        refused = client.post("/api/v1/ingest/syslog", content=SSHD, headers=headers)
+        assert refused.status_code == 429
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        with services.engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT count(*) FROM dead_letters")).scalar_one() == 0
