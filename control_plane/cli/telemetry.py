@@ -29,7 +29,7 @@ from control_plane.core.audit.trail import Actor
 from control_plane.core.bus import create_bus
 from control_plane.core.logs import configure_logging
 from security.intake.client import IngestClient, IngestRefused
-from security.intake.collector import Collector
+from security.intake.collector import Collector, Position
 from security.intake.files import DEFAULT_BATCH_BYTES, Batch, file_batches
 from security.intake.service import SpoolFull
 from security.sources.registry import ADAPTERS, adapter_for
@@ -152,6 +152,11 @@ class _RemoteSender:
         self.client.close()
 
 
+def _show_progress(path: Path, position: Position, events: int) -> None:
+    """One status line on a terminal, rewritten after each acknowledged batch."""
+    click.echo(f"\rshipped {events} events; {path.name} at byte {position.offset}", nl=False, err=True)
+
+
 @click.command()
 @config_option
 @click.option("--source", required=True, type=click.Choice(sorted(ADAPTERS)), help="Source adapter.")
@@ -184,7 +189,7 @@ def collect(
     client = IngestClient(url, _token())
     collector = Collector(
         absolute, source=source, batch_end=type(adapter_for(source)).batch_end, client=client, state_file=state,
-        heartbeat_s=heartbeat, stop=stop,
+        heartbeat_s=heartbeat, stop=stop, on_sent=_show_progress if sys.stderr.isatty() else None,
     )  # fmt: skip
     try:
         collector.run()

@@ -57,7 +57,9 @@ class Collector:
         poll_interval_s: float = 0.25,
         heartbeat_s: int | None = None,
         stop: threading.Event | None = None,
+        on_sent: Callable[[Path, Position, int], None] | None = None,
     ) -> None:
+        """``on_sent(file, position, events_so_far)`` is called after each acknowledged batch (progress)."""
         self.path = path
         self.source = source
         self.client = client
@@ -70,6 +72,7 @@ class Collector:
         self.hold_s = 2 * flush_interval_s
         self.stop = stop or threading.Event()
         self.sent_events = 0
+        self.on_sent = on_sent
         self._held: tuple[int, float] | None = None
 
     def run(self) -> None:
@@ -128,6 +131,8 @@ class Collector:
         self.sent_events += int(summary.get("accepted", 0))
         current.position.offset += len(chunk)
         self._save(current.position)
+        if self.on_sent is not None:
+            self.on_sent(current.path, current.position, self.sent_events)
 
     def _finish(self, current: _Open) -> None:
         """Ship what is left of a file that was rotated away: its tail is complete now, whatever it looks like."""
