@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -107,7 +108,8 @@ def ingest(
 
 
 class _LocalSender:
-    """In-process: the same intake the server runs, then the indexer drained into the store."""
+    """In-process: the same intake the server runs, writing accepted events straight into the store (see
+    ``Intake.deliver_to_store``); the bus is drained too, for what else was published on it."""
 
     def __init__(self, config_file: Path | None, source: str) -> None:
         settings = settings_from(config_file)
@@ -115,8 +117,12 @@ class _LocalSender:
         self.telemetry = Telemetry(
             settings=settings, engine=self.engine, bus=create_bus(settings), registry=CollectorRegistry()
         )
+        self.telemetry.intake.deliver_to_store(self.telemetry.store)
         self.source = source
         self.observer = Actor.local_cli().subject
+        # What is loaded by now lives as long as the command: keep it out of the collector's full passes,
+        # which otherwise walk it again and again while batches allocate (a fifth of the work, measured).
+        gc.freeze()
 
     def __call__(self, batch: Batch) -> dict[str, Any]:
         try:
@@ -134,7 +140,7 @@ class _LocalSender:
         self.telemetry.stop()
         self.telemetry.bus.close()
         self.engine.dispose()
-        return self.telemetry.indexer.stored_total
+        return self.telemetry.intake.stored_total + self.telemetry.indexer.stored_total
 
 
 class _RemoteSender:

@@ -4,12 +4,19 @@
 pass its events off as another source's or as the control plane's own audit trail. ``@timestamp`` is clamped to
 the ingest time within a configured skew, so a forged future (or ancient) timestamp cannot hide an event from
 detection windows; the sender's claim is kept in ``refsys.claimed_timestamp`` and every clamp is counted.
+
+Stamping runs once per event on the ingest path, so it avoids what costs there: the two-level fields are
+written the way ``ecs.put`` writes them but without splitting paths, and a time already in the canonical form
+within bounds is compared as text (fixed width RFC 3339 strings sort like the instants they name) instead of
+being parsed and rendered again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from control_plane.core import clock
@@ -25,27 +32,91 @@ class Stamp:
     max_future_skew: timedelta
     max_past_skew: timedelta | None
 
-    @property
+    @cached_property
     def ingested_text(self) -> str:
         return clock.rfc3339(self.ingested)
+
+    @cached_property
+    def bounds_text(self) -> tuple[str | None, str] | None:
+        """The earliest (None: unbounded) and latest event times kept, in canonical form; None when one of
+        them has no canonical form (a year before 1000), so that times are compared as instants instead."""
+        latest = clock.rfc3339(self.ingested + self.max_future_skew)
+        earliest = (
+            clock.rfc3339(self.ingested - self.max_past_skew) if self.max_past_skew is not None else None
+        )
+        if not _is_canonical(latest) or (earliest is not None and not _is_canonical(earliest)):
+            return None
+        return earliest, latest
 
 
 def stamp(doc: dict[str, Any], stamp: Stamp, *, fallback_id: str) -> bool:
     """Apply the server's fields to ``doc`` in place; True when its time had to be clamped."""
     doc.pop("observer", None)
-    ecs.put(doc, "observer.name", stamp.observer)
-    ecs.put(doc, "observer.product", stamp.source)
-    ecs.put(doc, "event.dataset", stamp.dataset)
-    ecs.put(doc, "event.ingested", stamp.ingested_text)
-    if not ecs.get(doc, "event.module"):
-        ecs.put(doc, "event.module", stamp.source)
-    if not ecs.get(doc, "event.id"):
-        ecs.put(doc, "event.id", fallback_id)
+    _put(doc, "observer", "name", stamp.observer)
+    _put(doc, "observer", "product", stamp.source)
+    _put(doc, "event", "dataset", stamp.dataset)
+    _put(doc, "event", "ingested", stamp.ingested_text)
+    if not _get(doc, "event", "module"):
+        _put(doc, "event", "module", stamp.source)
+    if not _get(doc, "event", "id"):
+        _put(doc, "event", "id", fallback_id)
     return _clamp_time(doc, stamp)
+
+
+def _put(doc: dict[str, Any], parent: str, leaf: str, value: Any) -> None:
+    """``ecs.put(doc, "parent.leaf", value)`` for a two-level path."""
+    # ``ecs.is_empty``, with a tuple rather than a union type (built anew at every call)
+    if value is None or (isinstance(value, (str, list, dict)) and not value):
+        return
+    node = doc.get(parent)
+    if not isinstance(node, dict):
+        node = doc[parent] = {}
+    node[leaf] = value
+
+
+def _get(doc: dict[str, Any], parent: str, leaf: str) -> Any:
+    """``ecs.get(doc, "parent.leaf")`` for a two-level path (a literal dotted key included)."""
+    dotted = f"{parent}.{leaf}"
+    if dotted in doc:
+        return doc[dotted]
+    node = doc.get(parent)
+    if type(node) is dict or isinstance(node, Mapping):
+        return node.get(leaf)
+    return None
+
+
+def _is_canonical(text: str) -> bool:
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` with a year from 1000 on: what ``clock.rfc3339`` writes."""
+    return (
+        len(text) == 27
+        and text[4] == text[7] == "-"
+        and text[10] == "T"
+        and text[13] == text[16] == ":"
+        and text[19] == "."
+        and text[26] == "Z"
+        and text[0] != "0"
+        and (text[:4] + text[5:7] + text[8:10]).isdigit()
+        and (text[11:13] + text[14:16] + text[17:19] + text[20:26]).isdigit()
+    )
+
+
+def _canonical_moment(text: str) -> datetime | None:
+    """The instant a canonical time names (None when it is not canonical or not a valid date)."""
+    if not _is_canonical(text):
+        return None
+    try:
+        return datetime.fromisoformat(text[:26]).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def _clamp_time(doc: dict[str, Any], stamp: Stamp) -> bool:
     claimed = doc.get("@timestamp")
+    if isinstance(claimed, str) and (bounds := stamp.bounds_text) is not None:
+        earliest_text, latest_text = bounds
+        within = claimed <= latest_text and (earliest_text is None or claimed >= earliest_text)
+        if within and _canonical_moment(claimed) is not None:
+            return False  # already what rendering the parsed time would give, and nothing to clamp
     try:
         moment = clock.parse_rfc3339(claimed) if isinstance(claimed, str) else None
     except ValueError:
@@ -68,6 +139,8 @@ def _clamp_time(doc: dict[str, Any], stamp: Stamp) -> bool:
 def lag_seconds(doc: dict[str, Any], ingested: datetime) -> float | None:
     """How late the event arrived: ingest time minus its (clamped) event time."""
     try:
-        return (ingested - clock.parse_rfc3339(doc["@timestamp"])).total_seconds()
+        text = doc["@timestamp"]
+        moment = _canonical_moment(text) if isinstance(text, str) else None
+        return (ingested - (moment or clock.parse_rfc3339(text))).total_seconds()
     except (KeyError, ValueError):
         return None

@@ -13,6 +13,7 @@ event has no stage): re-ingesting a stage is idempotent, and the stages of one r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -43,6 +44,8 @@ _VERB_TYPES = {
     "watch": "access",
 }
 _DECISION_TYPES = {"allow": "allowed", "forbid": "denied"}
+_API_SERVER_TIME = re.compile(r"[1-9]\d{3}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+"""How the API server writes times (UTC, microseconds): the form ``@timestamp`` takes."""
 
 
 class KubernetesAuditAdapter(Adapter):
@@ -130,15 +133,19 @@ def _normalise_event(event: dict[str, Any], *, original: str) -> dict[str, Any]:
     annotations = annotations if isinstance(annotations, dict) else {}
     decision = _DECISION_TYPES.get(_text(annotations.get("authorization.k8s.io/decision")) or "")
 
-    put(doc, "event.kind", "event")
-    put(doc, "event.category", ["api"])
-    put(doc, "event.type", [_VERB_TYPES.get(verb or "", "info")] + ([decision] if decision else []))
-    put(doc, "event.action", verb)
-    put(doc, "event.outcome", None if code is None else "success" if code < 400 else "failure")
-    put(doc, "event.module", "kubernetes")
-    put(doc, "event.id", _event_id(event))
-    put(doc, "event.original", original)
-    put(doc, "event.reason", _text(annotations.get("authorization.k8s.io/reason")))
+    # What ``put`` would write, without its per-call checks (every value here is a non-empty string or None).
+    fields = {
+        "kind": "event",
+        "category": ["api"],
+        "type": [_VERB_TYPES.get(verb or "", "info")] + ([decision] if decision else []),
+        "action": verb,
+        "outcome": None if code is None else "success" if code < 400 else "failure",
+        "module": "kubernetes",
+        "id": _event_id(event),
+        "original": original or None,
+        "reason": _text(annotations.get("authorization.k8s.io/reason")),
+    }
+    doc["event"] = {name: value for name, value in fields.items() if value is not None}
     put(doc, "http.response.status_code", code)
     _map_users(doc, event)
     _map_source(doc, event.get("sourceIPs"))
@@ -162,6 +169,12 @@ def _timestamp(event: dict[str, Any]) -> str:
         text = event.get(field)
         if text is None:
             continue
+        if isinstance(text, str) and _API_SERVER_TIME.fullmatch(text):
+            try:  # already what rendering would give: only check that it is a valid time
+                datetime.fromisoformat(text[:26])
+                return text
+            except ValueError:
+                raise Rejected(f"{field} {text!r} is not an RFC 3339 time") from None
         try:
             moment = datetime.fromisoformat(text)
         except (TypeError, ValueError):

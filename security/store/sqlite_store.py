@@ -35,6 +35,8 @@ from security.store import sqlite_sql as sql
 from security.store.base import Aggregation, EventQuery, EventStore, SearchPage
 from security.store.query import DATASET, InvalidDocument, check_dataset, epoch_us, identity
 
+PAGE_BYTES = 16384
+"""Page size of a new store file."""
 CHUNK = 10_000
 """Documents prepared in Python at a time within one ``write`` (bounds the memory of a huge batch)."""
 
@@ -75,6 +77,11 @@ class SqliteEventStore(EventStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._pragmas = [
             "PRAGMA busy_timeout = 30000",
+            # The page size of a new file (a no-op on an existing one). Rows here are one to a few KiB and FTS
+            # segments are written in big pieces: 16 KiB pages take a tenth off the ingest path (fewer WAL
+            # frames to checksum, fewer overflow pages) with the same query times (bench/ingest_bench.py). Set
+            # before the cache size: SQLite sizes a new file's cache in pages of the size it had then.
+            f"PRAGMA page_size = {PAGE_BYTES}",
             f"PRAGMA cache_size = -{int(cache_mib) * 1024}",
             f"PRAGMA synchronous = {synchronous}",  # FULL: a returned write survives a power cut
             "PRAGMA temp_store = FILE",  # a big aggregation spills to disk instead of growing RSS

@@ -72,7 +72,9 @@ def test_invalid_query_is_a_problem_listing_the_errors(app: tuple[TestClient, Se
     assert response.json()["errors"][0]["location"] == "query.limit"
 
 
-def test_security_headers_and_request_id(app: tuple[TestClient, Services], caplog: pytest.LogCaptureFixture) -> None:
+def test_security_headers_and_request_id(
+    app: tuple[TestClient, Services], caplog: pytest.LogCaptureFixture
+) -> None:
     client, _services = app
     with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
         response = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
@@ -80,7 +82,10 @@ def test_security_headers_and_request_id(app: tuple[TestClient, Services], caplo
     assert response.headers["x-request-id"] != "abc-123", "request ids are minted by the server"
     assert uuid.UUID(response.headers["x-request-id"]).version == 7
     logged = [record.__dict__ for record in caplog.records if record.name == ACCESS_LOGGER]
-    assert logged[0]["client_request_id"] == "abc-123" and logged[0]["request_id"] == response.headers["x-request-id"]
+    assert (
+        logged[0]["client_request_id"] == "abc-123"
+        and logged[0]["request_id"] == response.headers["x-request-id"]
+    )
     assert logged[1]["client_request_id"] is None and unsafe.status_code == 200
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["x-frame-options"] == "DENY"
