@@ -33,7 +33,7 @@ bench: $(VENV)/.test-extras
 lint: $(VENV)/.test-extras
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy control_plane security
+	$(BIN)/mypy control_plane security pipelines
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

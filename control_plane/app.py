@@ -15,6 +15,7 @@ from control_plane.core.maintenance import Maintenance
 from control_plane.core.middleware import RequestMiddleware
 from control_plane.core.problems import install_problem_handlers
 from control_plane.core.services import Services, open_services
+from pipelines import tables as _production_tables  # noqa: F401 - until the production routers import them
 from security import search_api
 from security.demo.runner import DemoRunner
 from security.demo.traffic import DemoTraffic

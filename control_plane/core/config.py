@@ -171,6 +171,138 @@ class StoreSettings(_Section):
     opensearch: OpenSearchSettings = OpenSearchSettings()
 
 
+class LaneSettings(_Section):
+    priority: int = Field(ge=0, le=1000)
+    """Higher runs first when lanes compete for the shared step slots."""
+    concurrency: int = Field(ge=1, le=10_000)
+    """Steps of this lane running at once, at most."""
+    reserved: int = Field(0, ge=0)
+    """Slots of `production.max_parallel_steps` only this lane may use, so a busy lane never starves it."""
+    priority_class: str | None = None
+    """Kubernetes PriorityClass of this lane's Jobs."""
+    throttled: bool = False
+    """Use only slots no other lane could use right now (reprocessing): never delays the other lanes."""
+
+    @model_validator(mode="after")
+    def _reserved_within_concurrency(self) -> LaneSettings:
+        if self.reserved > self.concurrency:
+            raise ValueError("reserved slots exceed the lane's concurrency")
+        return self
+
+
+DEFAULT_LANES: dict[str, LaneSettings] = {
+    "PT": LaneSettings(priority=100, concurrency=8, reserved=2, priority_class="refsys-pt"),
+    "NRT": LaneSettings(priority=80, concurrency=8, reserved=2, priority_class="refsys-nrt"),
+    "FAST24": LaneSettings(priority=60, concurrency=6, reserved=1, priority_class="refsys-fast24"),
+    "NTC": LaneSettings(priority=40, concurrency=6, reserved=0, priority_class="refsys-ntc"),
+    "REPROCESSING": LaneSettings(
+        priority=0, concurrency=2, reserved=0, priority_class="refsys-reprocessing", throttled=True
+    ),
+}
+
+
+class ProcessorSettings(_Section):
+    name: str = Field(min_length=1, max_length=64)
+    """Processor name, as chain steps reference it."""
+    version: str = Field(min_length=1, max_length=32)
+    """Processor version, as chain steps reference it."""
+    image: str | None = None
+    """Container image the Kubernetes executor runs (pin it by digest in production)."""
+    command: list[str] = []
+    """Command the local executor runs (and the container's entrypoint on Kubernetes); the step's templated
+    arguments are appended."""
+
+
+DEFAULT_PROCESSORS: list[ProcessorSettings] = [
+    ProcessorSettings(
+        name=name,
+        version="1.0",
+        image=f"ghcr.io/refsys/processor-{name}:1.0",
+        command=["{python}", "-m", f"pipelines.processors.{name.replace('-', '_')}"],
+    )
+    for name in ("s1-l0", "s1-l1", "s1-l2", "s2-l1c", "s2-l2a", "s3-nrt", "noop")
+]
+"""The reference processors of the bundled chains; ``{python}`` is the interpreter refsys runs on."""
+
+
+class LocalExecutorSettings(_Section):
+    work_dir: Path | None = None
+    """Where each step execution gets its own directory. Default: DATA_DIR/work."""
+    cpu_seconds: int | None = Field(None, ge=1)
+    """RLIMIT_CPU of a step's process, in CPU seconds (None: only the step timeout applies)."""
+    memory_mib_factor: float = Field(2.0, gt=0)
+    """RLIMIT_AS of a step's process, as a multiple of its memory request (address space exceeds RSS)."""
+    max_open_files: int = Field(1024, ge=16)
+    """RLIMIT_NOFILE of a step's process."""
+
+
+class KubernetesExecutorSettings(_Section):
+    namespace: str = "refsys-production"
+    """Namespace the step Jobs are created in."""
+    kubeconfig: Path | None = None
+    """Kubeconfig file; unset: in-cluster service-account configuration."""
+    ttl_after_finished_s: int = Field(600, ge=0)
+    """ttlSecondsAfterFinished set on a Job once its outcome is saved."""
+    resync_s: float = Field(300.0, gt=0)
+    """Full relist of Jobs this often, whatever the watch said."""
+    image_pull_secret: str | None = None
+    """Image pull secret of step Pods."""
+
+
+class CatalogSettings(_Section):
+    storage_dir: Path | None = None
+    """Where published products are kept (local filesystem storage). Default: DATA_DIR/products."""
+    download_quota_bytes_per_day: int | None = Field(None, ge=0)
+    """Volume one user may download per UTC day (None: unlimited). Over it: 429 and an audit record."""
+    retention_days: dict[str, int] = {}
+    """Days a product of a type is kept after publication (type -> days); types not named are kept."""
+
+
+class ScannerSettings(_Section):
+    clamd_socket: Path | None = None
+    """clamd's Unix socket; when set, every output product is scanned before it is published."""
+    timeout_s: float = Field(60.0, gt=0)
+    """How long one scan may take before the product is held as unscanned."""
+
+
+class ProductionSettings(_Section):
+    executor: Literal["local", "kubernetes"] = "local"
+    """Where steps run: local subprocesses (embedded default) or Kubernetes Jobs."""
+    chain_dirs: list[Path] = []
+    """Directories of chain YAML files loaded besides the bundled ones (a read-only base)."""
+    bundled_chains: bool = True
+    """Load the chains shipped in pipelines/chains."""
+    max_parallel_steps: int = Field(16, ge=1)
+    """Steps running at once across every lane."""
+    lanes: dict[str, LaneSettings] = DEFAULT_LANES
+    """Lanes by name (PT, NRT, FAST24, NTC, REPROCESSING by default)."""
+    processors: list[ProcessorSettings] = DEFAULT_PROCESSORS
+    """The processor table: what each (name, version) a chain step names runs."""
+    lease_s: float = Field(15.0, gt=0)
+    """A running step's lease; a restarted control plane adopts or requeues steps whose lease ran out."""
+    tick_s: float = Field(0.2, gt=0)
+    """Longest the engine sleeps between two scheduling rounds when nothing wakes it."""
+    cron: bool = True
+    """Run chains' cron triggers in `refsys serve`."""
+    local: LocalExecutorSettings = LocalExecutorSettings()
+    kubernetes: KubernetesExecutorSettings = KubernetesExecutorSettings()
+    catalog: CatalogSettings = CatalogSettings()
+    scanner: ScannerSettings = ScannerSettings()
+
+    @model_validator(mode="after")
+    def _reservations_fit(self) -> ProductionSettings:
+        reserved = sum(lane.reserved for lane in self.lanes.values())
+        if reserved > self.max_parallel_steps:
+            raise ValueError(f"lanes reserve {reserved} slots, more than max_parallel_steps")
+        seen: set[tuple[str, str]] = set()
+        for processor in self.processors:
+            key = (processor.name, processor.version)
+            if key in seen:
+                raise ValueError(f"processor {processor.name} {processor.version} is listed twice")
+            seen.add(key)
+        return self
+
+
 class DemoSettings(_Section):
     events_per_s: float = Field(20.0, gt=0, le=100_000)
     """Rate of the demo telemetry generator (`refsys serve --demo`)."""
@@ -214,6 +346,7 @@ class Settings(BaseSettings):
     bus: BusSettings = BusSettings()
     store: StoreSettings = StoreSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    production: ProductionSettings = ProductionSettings()
     demo: DemoSettings = DemoSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -280,6 +413,14 @@ class Settings(BaseSettings):
     @property
     def audit_checkpoint_file(self) -> Path:
         return self.audit.checkpoint_file or self.data_dir / "audit" / "checkpoints.jsonl"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.production.local.work_dir or self.data_dir / "work"
+
+    @property
+    def products_dir(self) -> Path:
+        return self.production.catalog.storage_dir or self.data_dir / "products"
 
     @property
     def store_path(self) -> Path:

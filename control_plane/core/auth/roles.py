@@ -34,6 +34,15 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "telemetry:ingest": frozenset({Role.INGEST}),
     "telemetry:read": frozenset({Role.SECURITY_OFFICER}),
     "events:search": frozenset({Role.SECURITY_OFFICER, Role.AUDITOR}),
+    "pipelines:read": frozenset({Role.OPERATOR, Role.OPS_MANAGER}),
+    "runs:read": frozenset({Role.OPERATOR, Role.OPS_MANAGER}),
+    "runs:write": frozenset({Role.OPERATOR}),
+    "runs:logs": frozenset({Role.OPERATOR}),
+    "parking-lot:read": frozenset({Role.OPERATOR}),
+    "parking-lot:write": frozenset({Role.OPERATOR}),
+    "reprocessing:write": frozenset({Role.OPERATOR}),
+    "products:read": frozenset({Role.OPERATOR, Role.OPS_MANAGER}),
+    "products:download": frozenset({Role.OPERATOR, Role.OPS_MANAGER}),
 }
 """Permission -> roles that hold it (``admin`` is added to every entry by ``roles_for``)."""
 
