@@ -3,7 +3,8 @@
 A chain names its inputs (product types and how long to wait for missing ones), a DAG of steps (each runs a
 processor, by name and version, resolved through the processor table in configuration), its outputs and its
 triggers. The model checks what a file alone can tell (shapes, ranges, the DAG); ``check_against`` adds what
-needs the configuration (processors, lanes). Both report one precise message per problem, naming the item.
+needs the configuration (processors, lanes). Both report one precise message per problem, naming the item by
+its location (``("steps", 1, "needs")``); ``pipelines.registry`` turns them into ``FILE:LINE: ITEM: message``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,31 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from apscheduler.triggers.cron import CronTrigger
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from control_plane.core.config import ProductionSettings
 
 NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 """Chain ids, step names and parameter names: lower-case, safe in a path, a label and a Job name."""
+GRAPH_ERROR = "chain_graph"
+"""Pydantic error type of the chain's cross-field problems; ``ctx["problems"]`` holds every one of them."""
+
+Location = tuple[str | int, ...]
+"""Where an item is in the chain document: ``("steps", 1, "resources", "cpu")``."""
+Problem = tuple[Location, str]
+
+
+def _check_cron(expression: str) -> str:
+    try:
+        CronTrigger.from_crontab(expression, timezone="UTC")
+    except ValueError as exc:
+        raise ValueError(f"not a valid crontab expression: {exc}") from None
+    return expression
+
+
+CronExpression = Annotated[str, AfterValidator(_check_cron)]
+"""Five crontab fields (minute hour day month weekday), evaluated in UTC."""
 
 
 class _Spec(BaseModel):
@@ -94,20 +116,10 @@ class OutputSpec(_Spec):
 class TriggerSpec(_Spec):
     product_types: list[str] = []
     """A ``product.available`` of one of these types starts (or feeds) a run."""
-    cron: list[str] = []
+    cron: list[CronExpression] = []
     """Crontab expressions (UTC) that start a run."""
     manual: bool = True
     """Whether ``POST /api/v1/runs`` and ``refsys run`` may start it."""
-
-    @field_validator("cron")
-    @classmethod
-    def _valid_cron(cls, expressions: list[str]) -> list[str]:
-        for expression in expressions:
-            try:
-                CronTrigger.from_crontab(expression, timezone="UTC")
-            except ValueError as exc:
-                raise ValueError(f"cron {expression!r}: {exc}") from None
-        return expressions
 
 
 class ChainSpec(_Spec):
@@ -127,22 +139,15 @@ class ChainSpec(_Spec):
     triggers: TriggerSpec = TriggerSpec()
 
     @model_validator(mode="after")
-    def _dag(self) -> ChainSpec:
-        names = [step.name for step in self.steps]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"step {duplicates[0]!r} is defined twice")
-        known = set(names)
-        for step in self.steps:
-            for need in step.needs:
-                if need not in known:
-                    raise ValueError(f"step {step.name!r} needs unknown step {need!r}")
-        cycle = find_cycle({step.name: step.needs for step in self.steps})
-        if cycle:
-            raise ValueError("steps form a cycle: " + " -> ".join(cycle))
-        for output in self.outputs:
-            if output.step not in known:
-                raise ValueError(f"output {output.product_type!r} comes from unknown step {output.step!r}")
+    def _graph(self) -> ChainSpec:
+        problems = graph_problems(self)
+        if problems:
+            location, message = problems[0]
+            raise PydanticCustomError(
+                GRAPH_ERROR,
+                "{first}",
+                {"first": ".".join(map(str, location)) + ": " + message, "problems": problems},
+            )
         return self
 
     def step(self, name: str) -> StepSpec:
@@ -151,6 +156,77 @@ class ChainSpec(_Spec):
     @property
     def key(self) -> str:
         return f"{self.id}@{self.version}"
+
+
+def graph_problems(chain: ChainSpec) -> list[Problem]:
+    """What no single field shows: duplicate steps, ``needs`` naming unknown steps, cycles, outputs of
+    unknown steps, trigger product types the chain does not take as input."""
+    problems: list[Problem] = []
+    first_index: dict[str, int] = {}
+    for index, step in enumerate(chain.steps):
+        if step.name in first_index:
+            problems.append(
+                (
+                    ("steps", index, "name"),
+                    f"step {step.name!r} is defined twice (also steps[{first_index[step.name]}])",
+                )
+            )
+        first_index.setdefault(step.name, index)
+    known = ", ".join(first_index)
+    for index, step in enumerate(chain.steps):
+        for need in step.needs:
+            if need not in first_index:
+                problems.append((("steps", index, "needs"), f"unknown step {need!r} (steps: {known})"))
+    graph = {step.name: [need for need in step.needs if need in first_index] for step in chain.steps}
+    cycle = find_cycle(graph)
+    if cycle:
+        problems.append(
+            (("steps", first_index[cycle[0]], "needs"), "steps form a cycle: " + " -> ".join(cycle))
+        )
+    for index, output in enumerate(chain.outputs):
+        if output.step not in first_index:
+            problems.append((("outputs", index, "step"), f"unknown step {output.step!r} (steps: {known})"))
+    consumed = {spec.product_type for spec in chain.inputs}
+    for index, product_type in enumerate(chain.triggers.product_types):
+        if product_type not in consumed:
+            problems.append(
+                (
+                    ("triggers", "product_types", index),
+                    f"{product_type!r} is not one of the chain's inputs ({', '.join(sorted(consumed)) or 'none'})",
+                )
+            )
+    return problems
+
+
+def check_against(chain: ChainSpec, production: ProductionSettings) -> list[Problem]:
+    """What needs the configuration: every step's processor is in the processor table, the lane exists."""
+    problems: list[Problem] = []
+    table = {(processor.name, processor.version) for processor in production.processors}
+    for index, step in enumerate(chain.steps):
+        ref = step.processor
+        if (ref.name, ref.version) in table:
+            continue
+        versions = sorted(version for name, version in table if name == ref.name)
+        known = f"has {ref.name} {', '.join(versions)}" if versions else f"has no processor named {ref.name}"
+        problems.append(
+            (
+                ("steps", index, "processor"),
+                f"unknown processor {ref.name} {ref.version} (production.processors {known})",
+            )
+        )
+    if chain.lane not in production.lanes:
+        problems.append(
+            (("lane",), f"unknown lane {chain.lane!r} (production.lanes: {', '.join(production.lanes)})")
+        )
+    return problems
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a chain file (``pipelines/chain.schema.json``), for editors and other tools."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **ChainSpec.model_json_schema(),
+    }
 
 
 def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
