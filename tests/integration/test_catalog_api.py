@@ -71,7 +71,9 @@ class Site:
 @pytest.fixture
 def site(tmp_path: Path, db_url: str) -> Iterator[Site]:
     settings = make_settings(
-        tmp_path / "var", db_url, production={"catalog": {"download_quota_bytes_per_day": QUOTA}}
+        tmp_path / "var",
+        db_url,
+        production={"cron": False, "catalog": {"download_quota_bytes_per_day": QUOTA}},
     )
     prepare_database(settings)
     services = open_services(settings)
