@@ -19,6 +19,9 @@ Job clean-up: a Job is created without ``ttlSecondsAfterFinished``, so it stays 
 this process. ``poll`` hands the outcome to the engine, which saves it; then ``ttlSecondsAfterFinished`` is
 patched onto the Job, which the TTL controller deletes that many seconds later. A control plane killed between
 the two finds the Job again on ``adopt`` (the TTL window is the margin).
+
+RBAC the control plane's identity needs in the namespace: ``batch/jobs``: create, get, list, watch, patch,
+delete; ``pods``: list; ``pods/log``: get.
 """
 
 from __future__ import annotations
