@@ -31,8 +31,16 @@ from control_plane.core.audit.trail import Actor
 from control_plane.core.auth.tokens import Principal
 from control_plane.core.deps import Authorize, request_actor
 from control_plane.core.responses import json_response
-from pipelines.catalog import Catalog, UnknownProduct
-from pipelines.catalog.service import EVICTED, PUBLISHED, QUARANTINED, STATES, CursorError, ProductFilter
+from pipelines.catalog import Catalog, CatalogError, UnknownProduct
+from pipelines.catalog.service import (
+    EVICTED,
+    PUBLISHED,
+    QUARANTINED,
+    STATES,
+    UNSCANNED,
+    CursorError,
+    ProductFilter,
+)
 
 router = APIRouter(prefix="/api/v1/products", tags=["products"])
 CHUNK_BYTES = 256 * 1024
@@ -121,6 +129,43 @@ def list_products(
     except CursorError as exc:
         raise HTTPException(400, str(exc)) from None
     return json_response({"items": [_public(row) for row in page.rows], "next_cursor": page.next_cursor})
+
+
+class RescanOutcome(BaseModel):
+    id: str
+    name: str
+    product_type: str
+    state: str
+    """published (clean), quarantined (infected) or still unscanned (clamd still unreachable)."""
+
+
+class RescanReport(BaseModel):
+    items: list[RescanOutcome]
+
+
+@router.post(
+    "/rescan", response_model=RescanReport, responses={409: {"description": "no scanner is configured"}}
+)
+def rescan_held(
+    request: Request, principal: Annotated[Principal, Depends(Authorize("products:rescan"))]
+) -> Response:
+    """Scan every product held as unscanned again, once clamd answers: clean ones are published and announced
+    (downstream chains start), infected ones quarantined. Role ``operator``; audited per product and as a whole."""
+    catalog = _catalog(request)
+    actor = request_actor(request, principal)
+    try:
+        outcomes = catalog.rescan_held(actor=actor)
+    except CatalogError as exc:
+        raise HTTPException(409, str(exc)) from None
+    states = [outcome.state for outcome in outcomes]
+    catalog.audit.append(
+        actor=actor,
+        action="product.rescan",
+        outcome="failure" if UNSCANNED in states else "success",
+        details={"products": len(states)} | {state: states.count(state) for state in sorted(set(states))},
+    )
+    items = [{"id": o.id, "name": o.name, "product_type": o.product_type, "state": o.state} for o in outcomes]
+    return json_response({"items": items})
 
 
 @router.get(

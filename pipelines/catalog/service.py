@@ -20,9 +20,10 @@ listed as downloadable, never announced on ``product.available``, and raise an E
 When clamd cannot be reached (or times out, or answers an error), the product is held as ``unscanned`` in
 ``held/``, is not distributed nor announced, and an error is logged and audited (``product.hold``). What an
 operator does then: make clamd answer again (``clamdscan --ping 1`` or a ``PING`` on the configured
-``production.scanner.clamd_socket``; check the socket path, the daemon, its database), then call
-``Catalog.rescan_held(actor=...)``, which scans every held product again and publishes (and announces) the clean
-ones, so downstream chains start late rather than never. Re-publishing the same step's outputs rescans them too.
+``production.scanner.clamd_socket``; check the socket path, the daemon, its database), then
+``POST /api/v1/products/rescan`` (role operator), which calls ``Catalog.rescan_held``: every held product is
+scanned again and the clean ones are published and announced, so downstream chains start late rather than never.
+Re-publishing the same step's outputs rescans them too.
 """
 
 from __future__ import annotations
@@ -267,7 +268,12 @@ class Catalog:
         return self._register(path, row, actor)
 
     def rescan_held(self, *, actor: Actor) -> list[PublishedProduct]:
-        """Scan every product held as ``unscanned`` again (once clamd answers); returns their new state."""
+        """Scan every product held as ``unscanned`` again (once clamd answers); returns their new state.
+        Held products are only ever released by a scan: without a scanner configured this is an error."""
+        if self.scanner is None:
+            raise CatalogError(
+                "no scanner is configured (production.scanner.clamd_socket): nothing can be rescanned"
+            )
         with self.engine.connect() as connection:
             held = [
                 dict(r._mapping)

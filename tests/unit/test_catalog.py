@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from control_plane.core.audit.trail import Actor, AuditFilter
 from control_plane.core.bus import Bus, topics
 from control_plane.core.services import Services, open_services
-from pipelines.catalog import Catalog, OutputContext, OutputError, ProductUnavailable
+from pipelines.catalog import Catalog, CatalogError, OutputContext, OutputError, ProductUnavailable
 from pipelines.catalog.quotas import DownloadQuota, seconds_to_midnight
 from pipelines.catalog.scanner import ClamdScanner, ScannerError, Verdict
 from pipelines.catalog.service import CursorError, ProductFilter
@@ -387,3 +387,9 @@ def test_parallel_downloads_never_exceed_the_quota(services: Services) -> None:
 )
 def test_retry_after_is_the_time_to_utc_midnight(moment: datetime, expected: int) -> None:
     assert seconds_to_midnight(moment) == expected
+
+
+def test_held_products_are_only_released_by_a_scan(services: Services) -> None:
+    unscanning = Catalog(services.settings, services.engine, services.bus, services.audit)
+    with pytest.raises(CatalogError, match="no scanner is configured"):
+        unscanning.rescan_held(actor=OPERATOR)

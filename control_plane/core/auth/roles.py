@@ -43,6 +43,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "reprocessing:write": frozenset({Role.OPERATOR}),
     "products:read": frozenset({Role.OPERATOR, Role.OPS_MANAGER}),
     "products:download": frozenset({Role.OPERATOR, Role.OPS_MANAGER}),
+    "products:rescan": frozenset({Role.OPERATOR}),
 }
 """Permission -> roles that hold it (``admin`` is added to every entry by ``roles_for``)."""
 
