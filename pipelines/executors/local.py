@@ -107,7 +107,12 @@ class _Execution:
 
 
 class LocalExecutor(Executor):
-    """Runs each step execution under a ``local_supervisor`` process; see the module docstring."""
+    """Runs each step execution under a ``local_supervisor`` process; see the module docstring.
+
+    ``on_log`` is called from the executor's log thread, and from ``poll`` for an execution's last lines (so
+    that every line is forwarded before its result is returned); it must be thread-safe. A line may be
+    forwarded twice across a crash (at least once), never lost.
+    """
 
     name = "local"
 

@@ -17,25 +17,28 @@ session (``start_new_session=True``), so a SIGKILLed control plane takes nothing
    main process ends by itself, leftover processes of its group are killed the same way. It waits until no
    process of the group remains, then writes ``result.json`` (exclusive, so the first verdict stands).
 
-It imports only the standard library and is started with ``python -S -E`` and a ``sys.path`` pointing at this
-directory: a supervisor per step must start in a few milliseconds (site-packages and refsys's own imports would
-double that). ``python -m pipelines.executors.local_supervisor EXEC_DIR`` runs it the same way by hand.
+A supervisor per step must start in a few milliseconds: it is started with ``python -S -E`` and a ``sys.path``
+pointing at this directory, and imports only cheap standard modules (no site-packages, no refsys import, no
+``subprocess``/``pathlib``/``typing``/``datetime``: those would double its CPU time, which a step of the
+dispatch benchmark pays twice over). ``python -m pipelines.executors.local_supervisor EXEC_DIR`` runs it the
+same way by hand.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import os
 import resource
 import signal
-import subprocess
 import sys
 import time
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    StrPath = str | os.PathLike[str]
 
 LAUNCH = "launch.json"
 SUPERVISOR = "supervisor.json"
@@ -58,7 +61,8 @@ _PR_SET_CHILD_SUBREAPER = 36
 
 def utc_now() -> str:
     """Now as RFC 3339 UTC with microseconds (the same shape as ``control_plane.core.clock.rfc3339``)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    now = time.time()
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(now))}.{int(now % 1 * 1_000_000):06d}Z"
 
 
 def process_start_time(pid: int) -> int | None:
@@ -67,7 +71,8 @@ def process_start_time(pid: int) -> int | None:
     A pid can be reused; a pid with the start time recorded when it was ours cannot.
     """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # Fields after the command name, which is in parentheses and may itself hold spaces or parentheses.
@@ -77,35 +82,45 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-def write_exclusive(path: Path, document: dict[str, Any]) -> bool:
+def _aside(path: StrPath) -> str:
+    head, name = os.path.split(path)
+    return os.path.join(head, f".{name}.{os.getpid()}.{time.monotonic_ns()}")
+
+
+def _write(path: str, document: dict[str, Any]) -> None:
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        json.dump(document, handle)
+
+
+def write_exclusive(path: StrPath, document: dict[str, Any]) -> bool:
     """Create ``path`` holding ``document`` atomically, unless it exists; True when this call created it.
 
     Written aside and hard-linked into place: readers never see a partial file, and of two writers exactly
     one wins (``link`` fails with EEXIST where ``rename`` would replace).
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
-    tmp.write_text(json.dumps(document))
-    tmp.chmod(0o600)
+    tmp = _aside(path)
+    _write(tmp, document)
     try:
         os.link(tmp, path)
     except FileExistsError:
         return False
     finally:
-        tmp.unlink()
+        os.unlink(tmp)
     return True
 
 
-def write_replace(path: Path, document: dict[str, Any]) -> None:
+def write_replace(path: StrPath, document: dict[str, Any]) -> None:
     """Replace ``path`` atomically with ``document`` (readers see the old or the new file, never a mix)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
-    tmp.write_text(json.dumps(document))
+    tmp = _aside(path)
+    _write(tmp, document)
     os.replace(tmp, path)
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: StrPath) -> dict[str, Any] | None:
     """A JSON file written by ``write_exclusive`` or ``write_replace``; None when it is not there."""
     try:
-        document: dict[str, Any] = json.loads(path.read_text())
+        with open(path) as handle:
+            document: dict[str, Any] = json.load(handle)
     except FileNotFoundError:
         return None
     return document
@@ -139,60 +154,57 @@ def describe_exit(status: int) -> tuple[str, int, str]:
 class Supervisor:
     """Runs one execution described by ``EXEC_DIR/launch.json``; see the module docstring."""
 
-    def __init__(self, exec_dir: Path) -> None:
+    def __init__(self, exec_dir: str) -> None:
         self.exec_dir = exec_dir
         self.launch: dict[str, Any] = {}
         self.pgid = 0
         self.main_status: int | None = None
         self.started_at = utc_now()
 
+    def path(self, name: str) -> str:
+        return os.path.join(self.exec_dir, name)
+
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED_SIGNALS)
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-        launch = read_json(self.exec_dir / LAUNCH)
+        launch = read_json(self.path(LAUNCH))
         if launch is None:
             print(f"{self.exec_dir}: no {LAUNCH}", file=sys.stderr)
             return 2
         self.launch = launch
         me = os.getpid()
-        if not write_exclusive(self.exec_dir / SUPERVISOR, {"pid": me, "start_time": process_start_time(me)}):
+        if not write_exclusive(self.path(SUPERVISOR), {"pid": me, "start_time": process_start_time(me)}):
             print(f"{self.exec_dir}: already claimed by another supervisor", file=sys.stderr)
             return 0
         # A cancel that came before the claim finds no supervisor to signal: it leaves this mark instead.
-        if (self.exec_dir / CANCEL).exists():
+        if os.path.exists(self.path(CANCEL)):
             return self.finish("cancelled", None, "cancelled before the step started")
         problem = self.check_limits() or self.link_inputs()
         if problem:
             return self.finish("failed", None, problem)
-        try:
-            child = self.spawn()
-        except OSError as error:
-            return self.finish("failed", None, f"cannot start {launch['command'][0]}: {error}")
-        self.pgid = child.pid
+        main_pid, problem = self.spawn()
+        if problem:
+            return self.finish("failed", None, f"cannot start {launch['command'][0]}: {problem}")
+        self.pgid = main_pid
         write_replace(
-            self.exec_dir / STEP,
-            {"pid": child.pid, "pgid": child.pid, "start_time": process_start_time(child.pid)},
+            self.path(STEP), {"pid": main_pid, "pgid": main_pid, "start_time": process_start_time(main_pid)}
         )
-        outcome, exit_code, reason = self.supervise(child.pid)
-        child.returncode = exit_code  # reaped here, not by Popen; keeps Popen from reaping a reused pid
-        return self.finish(outcome, exit_code, reason)
+        return self.finish(*self.supervise(main_pid))
 
     def link_inputs(self) -> str | None:
         """Hard-link each input into ``in/`` (a symlink across filesystems or for a directory); a problem or None."""
-        (self.exec_dir / OUTPUT_DIR).mkdir(exist_ok=True)
-        (self.exec_dir / TMP_DIR).mkdir(exist_ok=True)
-        inputs = self.exec_dir / INPUT_DIR
-        inputs.mkdir(exist_ok=True)
-        for source in map(Path, self.launch["inputs"]):
-            target = inputs / source.name
-            if not source.exists():
+        for name in (OUTPUT_DIR, TMP_DIR, INPUT_DIR):
+            os.makedirs(self.path(name), exist_ok=True)
+        for source in self.launch["inputs"]:
+            target = os.path.join(self.path(INPUT_DIR), os.path.basename(source))
+            if not os.path.exists(source):
                 return f"input {source}: no such file"
-            if target.exists():
-                return f"input {source}: another input is already named {source.name}"
+            if os.path.lexists(target):
+                return f"input {source}: another input is already named {os.path.basename(source)}"
             try:
                 os.link(source, target)
             except OSError:
-                target.symlink_to(source.absolute())
+                os.symlink(os.path.abspath(source), target)
         return None
 
     def check_limits(self) -> str | None:
@@ -208,35 +220,49 @@ class Supervisor:
                 return f"{name} {value} is above the hard limit {hard} refsys runs under"
         return None
 
-    def spawn(self) -> subprocess.Popen[bytes]:
-        limits = self.launch["rlimits"]
+    def spawn(self) -> tuple[int, str | None]:
+        """Fork and exec the step in a process group of its own; its pid, and why it could not start (or None).
 
-        def in_child() -> None:
-            # Runs between fork and exec: own process group, limits, and the signals this process blocked.
-            os.setpgid(0, 0)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (limits["nofile"], limits["nofile"]))
-            resource.setrlimit(resource.RLIMIT_AS, (limits["as_bytes"], limits["as_bytes"]))
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            if limits["cpu_s"] is not None:
-                resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 1))
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, WATCHED_SIGNALS)
-
+        A plain fork/exec rather than ``subprocess`` (see the module docstring); an exec failure comes back
+        through a close-on-exec pipe, which simply closes when the exec succeeds.
+        """
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
-        stdout = os.open(self.exec_dir / STDOUT, flags, 0o600)
-        stderr = os.open(self.exec_dir / STDERR, flags, 0o600)
-        try:
-            return subprocess.Popen(
-                self.launch["command"],
-                cwd=self.exec_dir,
-                env=self.launch["env"],
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-                preexec_fn=in_child,  # safe: this process is single-threaded
-            )
-        finally:
-            os.close(stdout)
-            os.close(stderr)
+        stdout = os.open(self.path(STDOUT), flags, 0o600)
+        stderr = os.open(self.path(STDERR), flags, 0o600)
+        stdin = os.open(os.devnull, os.O_RDONLY)
+        errors_read, errors_write = os.pipe()  # close-on-exec, as every descriptor Python opens
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self.become_step(stdin, stdout, stderr)
+            except BaseException as error:
+                os.write(errors_write, str(error).encode())
+            finally:
+                os._exit(127)
+        for fd in (stdout, stderr, stdin, errors_write):
+            os.close(fd)
+        with open(errors_read, "rb") as errors:
+            problem = errors.read().decode(errors="replace")
+        if problem:
+            os.waitpid(pid, 0)
+            return pid, problem
+        return pid, None
+
+    def become_step(self, stdin: int, stdout: int, stderr: int) -> None:
+        """In the forked child: own process group, limits, standard streams, unblocked signals, then exec."""
+        os.setpgid(0, 0)
+        limits = self.launch["rlimits"]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limits["nofile"], limits["nofile"]))
+        resource.setrlimit(resource.RLIMIT_AS, (limits["as_bytes"], limits["as_bytes"]))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if limits["cpu_s"] is not None:
+            resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 1))
+        os.chdir(self.exec_dir)
+        for source, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
+            os.dup2(source, target)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        command = self.launch["command"]
+        os.execvpe(command[0], command, self.launch["env"])  # noqa: S606 - the processor table's command, no shell
 
     def supervise(self, main_pid: int) -> tuple[str, int | None, str]:
         """Wait for the step's main process, its timeout or a cancel; return outcome, exit code, reason."""
@@ -296,8 +322,10 @@ class Supervisor:
         return sent
 
     def _signal_group(self, signum: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
+        try:
             os.killpg(self.pgid, signum)
+        except ProcessLookupError:
+            return
 
     def _wait_group_gone(self, timeout_s: float, main_pid: int) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -313,7 +341,7 @@ class Supervisor:
 
     def finish(self, outcome: str, exit_code: int | None, reason: str) -> int:
         write_exclusive(
-            self.exec_dir / RESULT,
+            self.path(RESULT),
             {
                 "outcome": outcome,
                 "exit_code": exit_code,
@@ -331,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: local_supervisor EXEC_DIR", file=sys.stderr)
         return 2
-    return Supervisor(Path(args[0])).run()
+    return Supervisor(args[0]).run()
 
 
 if __name__ == "__main__":
