@@ -15,7 +15,11 @@ from control_plane.core.maintenance import Maintenance
 from control_plane.core.middleware import RequestMiddleware
 from control_plane.core.problems import install_problem_handlers
 from control_plane.core.services import Services, open_services
-from pipelines import tables as _production_tables  # noqa: F401 - until the production routers import them
+from pipelines.api import parking_lot as parking_lot_api
+from pipelines.api import pipelines as pipelines_api
+from pipelines.api import products as products_api
+from pipelines.api import runs as runs_api
+from pipelines.production import Production
 from security import search_api
 from security.demo.runner import DemoRunner
 from security.demo.traffic import DemoTraffic
@@ -30,12 +34,14 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
     telemetry = Telemetry(
         settings=settings, engine=services.engine, bus=services.bus, registry=services.metrics.registry
     )
+    production = Production(settings, services.engine, services.bus, services.audit)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         maintenance = Maintenance(services)
         maintenance.start()
         telemetry.start()
+        production.start()
         demo_runner = _demo_runner(settings, telemetry) if demo else None
         if demo_runner is not None:
             demo_runner.start()
@@ -52,6 +58,7 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
                 metrics_server.shutdown()
             if demo_runner is not None:
                 demo_runner.stop()
+            production.stop()
             telemetry.stop()
             maintenance.stop()
             services.close()
@@ -67,6 +74,7 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
     )
     app.state.services = services
     app.state.telemetry = telemetry
+    app.state.production = production
     install_problem_handlers(app)
     app.include_router(system.router)
     if services.issuer is not None:
@@ -74,6 +82,10 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
     app.include_router(audit.router)
     app.include_router(intake_api.router)
     app.include_router(search_api.router)
+    app.include_router(pipelines_api.router)
+    app.include_router(runs_api.router)
+    app.include_router(parking_lot_api.router)
+    app.include_router(products_api.router)
     app.add_middleware(
         RequestMiddleware,
         metrics=services.metrics,

@@ -78,7 +78,14 @@ def step(
 
 
 class Harness:
-    def __init__(self, root: Path, db_url: str | None, **production: Any) -> None:
+    def __init__(
+        self,
+        root: Path,
+        db_url: str | None,
+        *,
+        processors: tuple[dict[str, Any], ...] = (),
+        **production: Any,
+    ) -> None:
         self.root = root
         self.side_log = root / "side.log"
         self.chains = root / "chains"
@@ -92,7 +99,8 @@ class Harness:
                 "bundled_chains": False,
                 "chain_dirs": [str(self.chains)],
                 "processors": [
-                    {"name": "test-step", "version": "1", "command": [sys.executable, str(script)]}
+                    {"name": "test-step", "version": "1", "command": [sys.executable, str(script)]},
+                    *processors,
                 ],
                 "lease_s": 2.0,
                 "tick_s": 0.05,

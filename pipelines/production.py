@@ -1,0 +1,73 @@
+"""Production's running parts, composed from the kernel's services by the app and the CLI.
+
+``Production`` builds the chain registry, the trace writer, the catalog, the configured executor (local
+subprocesses or Kubernetes Jobs) and the run engine from settings; ``start``/``stop`` run the engine's scheduling
+thread. Like ``security.telemetry.Telemetry``, it holds no state of its own: everything is in the database.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import Engine as DbEngine
+
+from control_plane.core.audit.trail import AuditTrail
+from control_plane.core.bus import Bus
+from control_plane.core.config import Settings
+from pipelines.catalog import Catalog
+from pipelines.engine import Engine, StepLogs
+from pipelines.executors.base import Executor, LogSink
+from pipelines.executors.kubernetes import KubernetesExecutor
+from pipelines.executors.local import LocalExecutor
+from pipelines.registry import ChainRegistry
+from pipelines.traces import TraceWriter
+
+EXECUTORS: dict[str, type[LocalExecutor] | type[KubernetesExecutor]] = {
+    "local": LocalExecutor,
+    "kubernetes": KubernetesExecutor,
+}
+
+
+def open_executor(settings: Settings, on_log: LogSink) -> Executor:
+    """The executor ``production.executor`` names."""
+    kind = settings.production.executor
+    try:
+        executor_class = EXECUTORS[kind]
+    except KeyError:
+        raise ValueError(f"production.executor: executor {kind!r} is unknown") from None
+    return executor_class(settings, on_log)
+
+
+class Production:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: DbEngine,
+        bus: Bus,
+        audit: AuditTrail,
+        *,
+        executor: Executor | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = ChainRegistry.load(settings)
+        self.traces = TraceWriter(engine, bus)
+        self.catalog = Catalog(settings, engine, bus, audit)
+        self.logs = StepLogs(engine, bus)
+        self.executor = executor or open_executor(settings, self.logs.append)
+        self.engine = Engine(
+            settings,
+            engine,
+            bus,
+            audit,
+            self.registry,
+            self.catalog,
+            self.traces,
+            self.executor,
+            logs=self.logs,
+        )
+
+    def start(self) -> None:
+        """Schedule runs in the background (first adopting or requeueing what a previous process left)."""
+        self.engine.start()
+
+    def stop(self) -> None:
+        """Stop scheduling; running steps go on and the next start adopts them."""
+        self.engine.stop()
