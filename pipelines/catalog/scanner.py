@@ -5,8 +5,11 @@ sends the bytes as chunks, each preceded by its length as a 4-byte big-endian in
 the reply is ``stream: OK``, ``stream: <signature> FOUND`` or ``... ERROR``. Sending the bytes (rather than a
 path with ``SCAN``) means clamd needs no access to the product storage and scans exactly what is distributed.
 
-clamd refuses streams longer than its ``StreamMaxLength`` (25 MiB by default) with ``INSTREAM size limit
-exceeded``: set it above the largest product, or those products are held as unscanned.
+Limits: clamd refuses streams longer than its ``StreamMaxLength`` (25 MiB by default) with ``INSTREAM size
+limit exceeded``, and by default *silently skips* what lies beyond ``MaxFileSize``/``MaxScanSize`` and still
+answers OK. Configure clamd with ``AlertExceedsMax yes`` and those three limits above the largest product: a
+product past a limit is then reported as ``Heuristics.Limits.Exceeded.*``, which this client treats as "not
+scanned" (the product is held), never as clean and never as infected.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import BinaryIO, Protocol
 
 CHUNK_BYTES = 64 * 1024
 REPLY_MAX_BYTES = 64 * 1024
+LIMITS_EXCEEDED = "Heuristics.Limits.Exceeded"
+"""Prefix of what clamd reports, with ``AlertExceedsMax yes``, for bytes it did not scan: not a verdict."""
 
 
 class ScannerError(Exception):
@@ -115,5 +120,8 @@ def parse_scan_reply(reply: str) -> Verdict:
     if result == "OK":
         return Verdict(infected=False)
     if result.endswith(" FOUND"):
-        return Verdict(infected=True, signature=result.removesuffix(" FOUND"))
+        signature = result.removesuffix(" FOUND")
+        if signature.startswith(LIMITS_EXCEEDED):
+            raise ScannerError(f"clamd did not scan the whole stream ({signature}): raise its limits")
+        return Verdict(infected=True, signature=signature)
     raise ScannerError(f"clamd could not scan the stream: {reply[:256]!r}")

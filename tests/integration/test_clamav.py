@@ -60,6 +60,8 @@ class Clamd:
         config.write_text(
             f"LocalSocket {self.socket}\nDatabaseDirectory {database}\nTemporaryDirectory {self.directory}\n"
             "Foreground yes\nLogTime yes\n"
+            # Small limits, reported rather than silently skipped, so the test can cross them.
+            "AlertExceedsMax yes\nMaxFileSize 1M\nMaxScanSize 1M\nStreamMaxLength 4M\n"
         )
         return config
 
@@ -186,3 +188,18 @@ def test_with_clamd_down_products_are_held_until_an_operator_rescans(
     [released] = catalog.rescan_held(actor=Actor(subject="operator-on-call"))
     assert released.state == "published"
     assert [event["product_id"] for event in _records(services, topics.PRODUCT_AVAILABLE)] == [held.id]
+
+
+def test_a_product_past_clamd_s_limits_is_held_not_published(services: Services, tmp_path: Path) -> None:
+    catalog = Catalog(services.settings, services.engine, services.bus, services.audit)
+    files = {"S2A_large.zip": b"z" * (2 * 1024 * 1024), "S2A_huge.zip": b"z" * (5 * 1024 * 1024)}
+
+    held = catalog.publish_outputs(
+        run=RUN, step="process", output_dir=_outputs(tmp_path / "out", files), outputs=[OUTPUT]
+    )
+
+    reasons = {product.name: catalog.get(product.id)["reason"] for product in held}
+    assert [product.state for product in held] == ["unscanned", "unscanned"]
+    assert "Heuristics.Limits.Exceeded.MaxFileSize" in reasons["S2A_large.zip"]
+    assert "INSTREAM size limit exceeded" in reasons["S2A_huge.zip"]
+    assert _records(services, topics.PRODUCT_AVAILABLE) == []

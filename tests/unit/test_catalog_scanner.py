@@ -150,7 +150,16 @@ def test_scan_replies(reply: str, infected: bool, signature: str | None) -> None
     assert (verdict.infected, verdict.signature) == (infected, signature)
 
 
-@pytest.mark.parametrize("reply", ["stream: lstat() failed. ERROR", "COMMAND READ TIMED OUT", ""])
-def test_other_replies_are_errors(reply: str) -> None:
-    with pytest.raises(ScannerError, match="could not scan"):
+@pytest.mark.parametrize(
+    "reply, error",
+    [
+        ("stream: lstat() failed. ERROR", "could not scan"),
+        ("COMMAND READ TIMED OUT", "could not scan"),
+        ("", "could not scan"),
+        # AlertExceedsMax: clamd skipped bytes past a limit; neither clean nor infected
+        ("stream: Heuristics.Limits.Exceeded.MaxFileSize FOUND", "did not scan the whole stream"),
+    ],
+)
+def test_other_replies_are_errors(reply: str, error: str) -> None:
+    with pytest.raises(ScannerError, match=error):
         parse_scan_reply(reply)
