@@ -170,10 +170,21 @@ class LocalExecutor(Executor):
             executions = list(self._watched.values())
         results = []
         for execution in executions:
-            result = self._result(execution)
+            try:
+                result = self._result(execution)
+            except (OSError, ValueError, KeyError) as error:
+                # Its directory removed or damaged by hand: reporting it lost beats polling it for ever.
+                log.exception("execution %s: state unreadable", execution.dir)
+                run_id, step, attempt = execution.key
+                result = StepResult(
+                    run_id, step, attempt, "lost", None, f"execution state unreadable: {error}"
+                )
             if result is None:
                 continue
-            self._forward_logs(execution, final=True)
+            try:
+                self._forward_logs(execution, final=True)
+            except OSError:
+                log.exception("forwarding the last lines of %s failed", execution.dir)
             with self._lock:
                 delivered = self._watched.pop(execution.key, None) is not None
             if delivered:
@@ -345,7 +356,10 @@ class LocalExecutor(Executor):
             with self._lock:
                 executions = list(self._watched.values())
             for execution in executions:
-                self._forward_logs(execution, final=False)
+                try:
+                    self._forward_logs(execution, final=False)
+                except OSError:  # e.g. its directory removed by hand; poll() reports it
+                    log.exception("tailing the logs of %s failed", execution.dir)
 
     def _forward_logs(self, execution: _Execution, *, final: bool) -> None:
         """Forward the complete lines written since the last call (all of them, a partial last one included, when

@@ -55,6 +55,8 @@ EX_TEMPFAIL = 75
 """sysexits.h: a temporary failure; the step failed but says a retry may well succeed."""
 GROUP_GONE_TIMEOUT_S = 30.0
 """Longest wait for a SIGKILLed group to vanish (a process in uninterruptible sleep) before giving up on it."""
+STRAGGLER_WAIT_S = 0.1
+"""How long processes left in the step's group after its main process ended may take to go by themselves."""
 WATCHED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -285,7 +287,8 @@ class Supervisor:
             return outcome, exit_code, f"{reason}; process group killed with {killed_with}"
         assert self.main_status is not None
         outcome, exit_code, reason = describe_exit(self.main_status)
-        if self.group_alive():
+        # Orphans of the step may be on their way to this subreaper as zombies: give them a moment to be reaped.
+        if not self._wait_group_gone(STRAGGLER_WAIT_S, main_pid):
             reason = f"{reason}; leftover processes of the step killed with {self.kill_group()}"
         return outcome, exit_code, reason
 

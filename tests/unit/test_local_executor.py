@@ -4,6 +4,7 @@ on timeout and cancel, rlimits, line-by-line logs, and idempotent starts."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -360,6 +361,25 @@ def test_logs_are_forwarded_line_by_line_in_order_while_the_step_runs(
     assert sink.stream("stderr") == [f"err {i}" for i in range(50)]
 
 
+def test_a_partial_line_is_held_until_it_is_complete(
+    executor: LocalExecutor, sink: Sink, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    script = (
+        "import pathlib, sys, time\n"
+        "sys.stdout.write('whole\\npar')\n"  # one write: the tailer reads both pieces at once
+        f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.01)\n"
+        "print('tial')\n"
+    )
+    launch = make_launch(script)
+    executor.start(launch)
+    wait_for(lambda: sink.stream("stdout") != [], "the first line")
+    assert sink.stream("stdout") == ["whole"]
+    go.touch()
+    assert wait_result(executor, launch).outcome == "succeeded"
+    assert sink.stream("stdout") == ["whole", "partial"]
+
+
 def test_a_restarted_executor_resumes_the_logs_where_they_stopped(
     executor: LocalExecutor, settings: Settings, sink: Sink
 ) -> None:
@@ -412,6 +432,23 @@ def test_each_result_is_returned_once(executor: LocalExecutor) -> None:
     wait_for(three, "three results")
     assert sorted(seen) == ["s0", "s1", "s2"]
     assert executor.poll() == []
+
+
+def test_an_execution_whose_directory_was_removed_by_hand_is_reported_lost(
+    executor: LocalExecutor, settings: Settings, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    launch = make_launch(
+        f"import pathlib, time\nwhile not pathlib.Path({str(go)!r}).exists(): time.sleep(0.01)"
+    )
+    executor.start(launch)
+    work = exec_dir(settings, launch)
+    wait_for((work / "step.json").exists, "the step to start")
+    shutil.rmtree(work)
+    go.touch()
+    result = wait_result(executor, launch)
+    assert (result.outcome, result.exit_code) == ("lost", None)
+    assert result.reason.startswith("execution state unreadable: ")
 
 
 def test_adopt_knows_nothing_of_an_execution_never_started(executor: LocalExecutor) -> None:
