@@ -45,7 +45,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -97,8 +96,8 @@ class _Execution:
     dir: Path
     streams: dict[str, _Stream]
     lock: threading.Lock = field(default_factory=threading.Lock)
-    child: subprocess.Popen[bytes] | None = None
-    """The supervisor when this process started it (to reap it, and to know it is still booting)."""
+    child: int | None = None
+    """The supervisor's pid when this process started it (to reap it, and to know it is still booting)."""
     saved_offsets: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -128,6 +127,8 @@ class LocalExecutor(Executor):
         self._watched: dict[Key, _Execution] = {}
         self._stop = threading.Event()
         self._tailer: threading.Thread | None = None
+        self._exiting: list[int] = []
+        """Supervisors whose result was delivered before they exited: reaped by later polls."""
 
     # -- the Executor interface
 
@@ -189,6 +190,9 @@ class LocalExecutor(Executor):
                 delivered = self._watched.pop(execution.key, None) is not None
             if delivered:
                 results.append(result)
+                if execution.child is not None:
+                    self._exiting.append(execution.child)
+        self._exiting = [pid for pid in self._exiting if _running_child(pid)]
         return results
 
     def cancel(self, run_id: str, step: str, attempt: int) -> None:
@@ -259,18 +263,25 @@ class LocalExecutor(Executor):
             },
         }
 
-    def _spawn_supervisor(self, exec_dir: Path) -> subprocess.Popen[bytes]:
+    def _spawn_supervisor(self, exec_dir: Path) -> int:
+        """Start a supervisor for the execution in ``exec_dir``; its pid.
+
+        ``posix_spawn`` in a new session (the control plane's death spares it); the supervisor closes every
+        descriptor it inherits beyond stdin/stdout/stderr itself.
+        """
         env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
-        with (exec_dir / SUPERVISOR_LOG).open("ab") as supervisor_log:
-            return subprocess.Popen(
-                [sys.executable, "-S", "-E", "-c", _SUPERVISOR_BOOT, str(exec_dir)],
-                cwd=exec_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=supervisor_log,
-                stderr=supervisor_log,
-                start_new_session=True,  # its own session and group: the control plane's death spares it
-            )
+        append = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        return os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-S", "-E", "-c", _SUPERVISOR_BOOT, str(exec_dir)],
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, str(exec_dir / SUPERVISOR_LOG), append, 0o600),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ],
+            setsid=True,
+        )
 
     def _watch(self, execution: _Execution) -> None:
         saved = files.read_json(execution.dir / OFFSETS) or {}
@@ -286,9 +297,10 @@ class LocalExecutor(Executor):
                 self._tailer.start()
 
     def _supervisor_alive(self, execution: _Execution) -> bool:
-        if execution.child is not None and execution.child.poll() is None:
-            # Ours and running (maybe not claimed yet); poll() also reaps it once it ends.
-            return True
+        if execution.child is not None:
+            if _running_child(execution.child):
+                return True  # ours and running, maybe not claimed yet
+            execution.child = None
         supervisor = files.read_json(execution.dir / files.SUPERVISOR)
         if supervisor is None or supervisor["pid"] is None:
             return False
@@ -400,6 +412,15 @@ class LocalExecutor(Executor):
                 for line, size in pieces:
                     self._on_log(run_id, step, attempt, name, line.decode("utf-8", "replace").rstrip("\r"))
                     stream.offset += size
+
+
+def _running_child(pid: int) -> bool:
+    """Whether a process this one started still runs; reaps it once it has ended."""
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return reaped == 0
 
 
 def _signal_process(pid: int, start_time: int | None, signum: signal.Signals) -> None:

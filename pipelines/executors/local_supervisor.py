@@ -10,8 +10,8 @@ session (``start_new_session=True``), so a SIGKILLed control plane takes nothing
    execution (a control plane that died between ``launch.json`` and the spawn, then a restarted one), exactly
    one runs it and the other exits;
 3. links the inputs into ``in/``, starts the step command in a process group of its own with the rlimits of
-   ``launch.json``, and writes the group to ``step.json`` (so a leftover group can be found and killed even
-   if this supervisor is SIGKILLed); the step's stdout and stderr go straight to ``stdout.log`` and
+   ``launch.json``; the group is in ``step.json`` before any of its processes runs the step (so a leftover
+   group can be found and killed even if this supervisor is SIGKILLed); the step's stdout and stderr go straight to ``stdout.log`` and
    ``stderr.log`` (the step keeps writing them even if this process dies; the executor tails them);
 4. on timeout or on SIGTERM (cancel) kills the whole group: SIGTERM, a grace period, SIGKILL; when the step's
    main process ends by itself, leftover processes of its group are killed the same way. It waits until no
@@ -55,6 +55,7 @@ EX_TEMPFAIL = 75
 """sysexits.h: a temporary failure; the step failed but says a retry may well succeed."""
 GROUP_GONE_TIMEOUT_S = 30.0
 """Longest wait for a SIGKILLed group to vanish (a process in uninterruptible sleep) before giving up on it."""
+MAX_FD = 1 << 20
 STRAGGLER_WAIT_S = 0.1
 """How long processes left in the step's group after its main process ended may take to go by themselves."""
 WATCHED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
@@ -168,6 +169,7 @@ class Supervisor:
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED_SIGNALS)
+        os.closerange(3, MAX_FD)  # whatever the control plane let through must not reach the step
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         launch = read_json(self.path(LAUNCH))
         if launch is None:
@@ -188,9 +190,6 @@ class Supervisor:
         if problem:
             return self.finish("failed", None, f"cannot start {launch['command'][0]}: {problem}")
         self.pgid = main_pid
-        write_replace(
-            self.path(STEP), {"pid": main_pid, "pgid": main_pid, "start_time": process_start_time(main_pid)}
-        )
         return self.finish(*self.supervise(main_pid))
 
     def link_inputs(self) -> str | None:
@@ -251,8 +250,14 @@ class Supervisor:
         return pid, None
 
     def become_step(self, stdin: int, stdout: int, stderr: int) -> None:
-        """In the forked child: own process group, limits, standard streams, unblocked signals, then exec."""
+        """In the forked child: own process group, limits, standard streams, unblocked signals, then exec.
+
+        The child records its group itself, before the exec: whenever a process of the group exists,
+        ``step.json`` names the group, even if the supervisor was SIGKILLed right after the fork.
+        """
         os.setpgid(0, 0)
+        me = os.getpid()
+        write_replace(self.path(STEP), {"pid": me, "pgid": me, "start_time": process_start_time(me)})
         limits = self.launch["rlimits"]
         resource.setrlimit(resource.RLIMIT_NOFILE, (limits["nofile"], limits["nofile"]))
         resource.setrlimit(resource.RLIMIT_AS, (limits["as_bytes"], limits["as_bytes"]))

@@ -130,11 +130,10 @@ class Lines:
 
 
 def test_a_restarted_control_plane_adopts_a_running_execution_and_resumes_its_logs(tmp_path: Path) -> None:
-    first = run_control_plane(tmp_path, "run")
-    assert first.stdout is not None
-    assert first.stdout.readline() == "started\n"
-    first.kill()  # SIGKILL, while the step waits for "go"
-    first.wait()
+    with run_control_plane(tmp_path, "run") as first:
+        assert first.stdout is not None
+        assert first.stdout.readline() == "started\n"
+        first.kill()  # SIGKILL, while the step waits for "go"
 
     lines = Lines()
     executor = LocalExecutor(Settings(data_dir=tmp_path), lines, log_poll_s=0.02)
@@ -156,8 +155,8 @@ def test_a_restarted_control_plane_adopts_a_running_execution_and_resumes_its_lo
 
 
 def test_an_execution_whose_supervisor_was_never_spawned_is_refused_and_can_never_run(tmp_path: Path) -> None:
-    crashed = run_control_plane(tmp_path, "crash-before-spawn")
-    assert crashed.wait() == -signal.SIGKILL
+    with run_control_plane(tmp_path, "crash-before-spawn") as crashed:
+        assert crashed.wait() == -signal.SIGKILL
     launch = make_launch(tmp_path)
     exec_dir = tmp_path / "work" / launch.execution_id
     assert (exec_dir / "launch.json").exists()
