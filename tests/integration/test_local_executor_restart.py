@@ -205,3 +205,29 @@ def test_a_supervisor_killed_mid_run_is_lost_and_its_step_killed(tmp_path: Path)
         "the supervisor ended without a result; leftover processes of the step killed with SIGKILL",
     )
     assert live_group_members(pgid) == []
+
+
+def test_adopt_refuses_an_execution_whose_supervisor_died_and_kills_its_step_first(tmp_path: Path) -> None:
+    first = LocalExecutor(Settings(data_dir=tmp_path), Lines())
+    launch = make_launch(tmp_path)
+    try:
+        first.start(launch)
+        exec_dir = tmp_path / "work" / launch.execution_id
+        stdout = exec_dir / "stdout.log"
+        wait_for(lambda: stdout.exists() and stdout.read_text().count("\n") == 5, "the step to run")
+        supervisor = json.loads((exec_dir / "supervisor.json").read_text())
+        pgid = json.loads((exec_dir / "step.json").read_text())["pgid"]
+        os.kill(supervisor["pid"], signal.SIGKILL)
+    finally:
+        first.close()  # the control plane that started it is gone too
+
+    restarted = LocalExecutor(Settings(data_dir=tmp_path), Lines())
+    try:
+        assert live_group_members(pgid) != []  # the step outlived its supervisor...
+        assert restarted.adopt(launch, launch.execution_id) is False
+        assert (
+            live_group_members(pgid) == []
+        )  # ...until the execution was refused, so a new attempt cannot overlap it
+    finally:
+        restarted.close()
+    assert json.loads((exec_dir / "result.json").read_text())["outcome"] == "lost"
