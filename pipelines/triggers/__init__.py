@@ -1,0 +1,1 @@
+"""What starts runs besides an operator's request: product events (systematic), cron, reprocessing campaigns."""
