@@ -4,10 +4,10 @@ run by a supervisor process that outlives the control plane.
 Layout: ``WORK_DIR/<run_id>/<step>/<attempt>/`` holds ``launch.json`` (what to run, written once by ``start``),
 ``supervisor.json`` (the supervisor's pid and start time: the claim on the execution), ``step.json`` (the step's
 process group), ``in/`` (the inputs, hard-linked or symlinked), ``out/`` (``REFSYS_OUTPUT_DIR``), ``tmp/``,
-``stdout.log``, ``stderr.log``, ``log-offsets.json`` (how far the lines were forwarded) and, at the end,
-``result.json``. The files are the whole state: a control plane SIGKILLed at any moment loses nothing, and a
-restarted one adopts running executions (``adopt``) without ever running one twice (``local_supervisor``
-explains the claim).
+``stdout.log``, ``stderr.log``, ``log-offsets.json`` (how far the lines were forwarded and stored, see
+``logs_checkpoint``) and, at the end, ``result.json``. The files are the whole state: a control plane SIGKILLed
+at any moment loses nothing, and a restarted one adopts running executions (``adopt``) without ever running one
+twice (``local_supervisor`` explains the claim).
 
 The step runs with the execution directory as cwd, a process group of its own, and an environment made only of
 PATH/LANG/LC_*/TZ, ``HOME`` (the execution directory), ``TMPDIR`` (its ``tmp/``), ``PYTHONUNBUFFERED=1`` (live
@@ -48,6 +48,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast, get_args
@@ -110,7 +111,7 @@ class LocalExecutor(Executor):
 
     ``on_log`` is called from the executor's log thread, and from ``poll`` for an execution's last lines (so
     that every line is forwarded before its result is returned); it must be thread-safe. A line may be
-    forwarded twice across a crash (at least once), never lost.
+    forwarded twice across a crash (at least once), never lost (see ``logs_checkpoint``).
     """
 
     name = "local"
@@ -129,6 +130,7 @@ class LocalExecutor(Executor):
         self._tailer: threading.Thread | None = None
         self._exiting: list[int] = []
         """Supervisors whose result was delivered before they exited: reaped by later polls."""
+        self._ended_since_checkpoint: list[_Execution] = []
 
     # -- the Executor interface
 
@@ -190,6 +192,7 @@ class LocalExecutor(Executor):
                 delivered = self._watched.pop(execution.key, None) is not None
             if delivered:
                 results.append(result)
+                self._ended_since_checkpoint.append(execution)
                 if execution.child is not None:
                     self._exiting.append(execution.child)
         self._exiting = [pid for pid in self._exiting if _running_child(pid)]
@@ -204,6 +207,36 @@ class LocalExecutor(Executor):
         supervisor = files.read_json(execution.dir / files.SUPERVISOR)
         if supervisor and supervisor["pid"] is not None:
             _signal_process(supervisor["pid"], supervisor["start_time"], signal.SIGTERM)
+
+    def logs_checkpoint(self) -> Callable[[], None]:
+        """How far the lines of every execution have been forwarded, as a function that saves it.
+
+        The engine's log sink buffers lines and stores them in batches. Saving the offsets as lines are
+        forwarded would let a crash lose the buffered ones; instead the engine takes a checkpoint, stores what
+        its sink holds, then calls the checkpoint. The saved offsets never run ahead of stored lines: after a
+        crash a restarted executor forwards again from the last checkpoint (at least once), and without any
+        checkpoint from the start of each log.
+        """
+        with self._lock:
+            executions = [*self._watched.values(), *self._ended_since_checkpoint]
+            self._ended_since_checkpoint = []
+        snapshot = []
+        for execution in executions:
+            with execution.lock:
+                snapshot.append((execution, {name: s.offset for name, s in execution.streams.items()}))
+
+        def save() -> None:
+            for execution, offsets in snapshot:
+                if offsets == execution.saved_offsets:
+                    continue
+                try:
+                    files.write_replace(execution.dir / OFFSETS, offsets)
+                except OSError:  # its directory removed by hand: nothing to resume there
+                    log.exception("saving the log offsets of %s failed", execution.dir)
+                    continue
+                execution.saved_offsets = offsets
+
+        return save
 
     def close(self) -> None:
         self._stop.set()
@@ -375,7 +408,7 @@ class LocalExecutor(Executor):
 
     def _forward_logs(self, execution: _Execution, *, final: bool) -> None:
         """Forward the complete lines written since the last call (all of them, a partial last one included, when
-        ``final``) and save how far they went, so a restarted control plane resumes there (at least once)."""
+        ``final``); ``logs_checkpoint`` saves how far they went."""
         with execution.lock:
             for name, stream in execution.streams.items():
                 try:
@@ -383,10 +416,6 @@ class LocalExecutor(Executor):
                 except Exception:  # a failing sink must not stop the tailing; the lines are re-read next time
                     log.exception("forwarding %s of %s failed", name, execution.dir)
                     stream.pending = b""
-            offsets = {name: stream.offset for name, stream in execution.streams.items()}
-            if offsets != execution.saved_offsets:
-                files.write_replace(execution.dir / OFFSETS, offsets)
-                execution.saved_offsets = offsets
 
     def _forward_stream(self, execution: _Execution, name: str, stream: _Stream, *, final: bool) -> None:
         run_id, step, attempt = execution.key

@@ -70,11 +70,10 @@ def control_plane(data_dir: str, mode: str) -> None:
     executor = LocalExecutor(Settings(data_dir=data), on_log, log_poll_s=0.02)
     launch = make_launch(data)
     executor.start(launch)
+    wait_for(lambda: forwarded.exists() and len(forwarded.read_text().splitlines()) == 5, "five lines")
+    executor.logs_checkpoint()()  # as the engine does once it has stored the lines
     offsets = data / "work" / launch.execution_id / "log-offsets.json"
-    wait_for(
-        lambda: offsets.exists() and json.loads(offsets.read_text())["stdout"] == 35,
-        "the first five lines forwarded and their offset saved",
-    )
+    assert json.loads(offsets.read_text()) == {"stdout": 35, "stderr": 0}
     print("started", flush=True)
     time.sleep(600)
 
