@@ -5,7 +5,7 @@ Layout: ``WORK_DIR/<run_id>/<step>/<attempt>/`` holds ``launch.json`` (what to r
 ``supervisor.json`` (the supervisor's pid and start time: the claim on the execution), ``step.json`` (the step's
 process group), ``in/`` (the inputs, hard-linked or symlinked), ``out/`` (``REFSYS_OUTPUT_DIR``), ``tmp/``,
 ``stdout.log``, ``stderr.log``, ``log-offsets.json`` (how far the lines were forwarded and stored, see
-``logs_checkpoint``) and, at the end, ``result.json``. The files are the whole state: a control plane SIGKILLed
+``local_logs``) and, at the end, ``result.json``. The files are the whole state: a control plane SIGKILLed
 at any moment loses nothing, and a restarted one adopts running executions (``adopt``) without ever running one
 twice (``local_supervisor`` explains the claim).
 
@@ -49,7 +49,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast, get_args
 
@@ -57,18 +57,14 @@ import pipelines
 from control_plane.core.config import Settings
 from pipelines.executors import local_supervisor as files
 from pipelines.executors.base import Executor, LogSink, Outcome, StepLaunch, StepResult
+from pipelines.executors.local_logs import ExecutionLogs
 
 log = logging.getLogger(__name__)
 
-OFFSETS = "log-offsets.json"
 SUPERVISOR_LOG = "supervisor.log"
-STREAMS = {"stdout": files.STDOUT, "stderr": files.STDERR}
 PASSED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 """The only variables of the control plane's environment a step inherits."""
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-MAX_LINE_BYTES = 64 * 1024
-"""A longer line is forwarded in pieces of this size rather than held in memory without end."""
-READ_CHUNK_BYTES = 1024 * 1024
 GROUP_GONE_TIMEOUT_S = 30.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _PACKAGE_ROOT = Path(pipelines.__file__).resolve().parent.parent
@@ -82,24 +78,12 @@ Key = tuple[str, str, int]
 
 
 @dataclass
-class _Stream:
-    """How far one log file was forwarded (``offset``: the end of the last forwarded line) and what was read
-    beyond it but not forwarded yet (a partial last line)."""
-
-    path: Path
-    offset: int = 0
-    pending: bytes = b""
-
-
-@dataclass
 class _Execution:
     key: Key
     dir: Path
-    streams: dict[str, _Stream]
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    logs: ExecutionLogs
     child: int | None = None
     """The supervisor's pid when this process started it (to reap it, and to know it is still booting)."""
-    saved_offsets: dict[str, int] = field(default_factory=dict)
 
     @property
     def output_dir(self) -> Path:
@@ -185,7 +169,7 @@ class LocalExecutor(Executor):
             if result is None:
                 continue
             try:
-                self._forward_logs(execution, final=True)
+                execution.logs.forward(final=True)
             except OSError:
                 log.exception("forwarding the last lines of %s failed", execution.dir)
             with self._lock:
@@ -220,21 +204,11 @@ class LocalExecutor(Executor):
         with self._lock:
             executions = [*self._watched.values(), *self._ended_since_checkpoint]
             self._ended_since_checkpoint = []
-        snapshot = []
-        for execution in executions:
-            with execution.lock:
-                snapshot.append((execution, {name: s.offset for name, s in execution.streams.items()}))
+        snapshot = [(execution.logs, execution.logs.offsets()) for execution in executions]
 
         def save() -> None:
-            for execution, offsets in snapshot:
-                if offsets == execution.saved_offsets:
-                    continue
-                try:
-                    files.write_replace(execution.dir / OFFSETS, offsets)
-                except OSError:  # its directory removed by hand: nothing to resume there
-                    log.exception("saving the log offsets of %s failed", execution.dir)
-                    continue
-                execution.saved_offsets = offsets
+            for logs, offsets in snapshot:
+                logs.save(offsets)
 
         return save
 
@@ -254,9 +228,7 @@ class LocalExecutor(Executor):
         if attempt < 0:
             raise ValueError(f"attempt {attempt}: must not be negative")
         exec_dir = self._root / run_id / step / str(attempt)
-        return _Execution(
-            key=key, dir=exec_dir, streams={name: _Stream(exec_dir / file) for name, file in STREAMS.items()}
-        )
+        return _Execution(key=key, dir=exec_dir, logs=ExecutionLogs(exec_dir, key, self._on_log))
 
     def _launch_document(self, launch: StepLaunch, execution: _Execution) -> dict[str, Any]:
         processor = launch.processor
@@ -317,10 +289,7 @@ class LocalExecutor(Executor):
         )
 
     def _watch(self, execution: _Execution) -> None:
-        saved = files.read_json(execution.dir / OFFSETS) or {}
-        for name, stream in execution.streams.items():
-            stream.offset = int(saved.get(name, 0))
-        execution.saved_offsets = {name: stream.offset for name, stream in execution.streams.items()}
+        execution.logs.resume()
         with self._lock:
             self._watched.setdefault(execution.key, execution)
             if self._tailer is None:
@@ -402,45 +371,9 @@ class LocalExecutor(Executor):
                 executions = list(self._watched.values())
             for execution in executions:
                 try:
-                    self._forward_logs(execution, final=False)
+                    execution.logs.forward(final=False)
                 except OSError:  # e.g. its directory removed by hand; poll() reports it
                     log.exception("tailing the logs of %s failed", execution.dir)
-
-    def _forward_logs(self, execution: _Execution, *, final: bool) -> None:
-        """Forward the complete lines written since the last call (all of them, a partial last one included, when
-        ``final``); ``logs_checkpoint`` saves how far they went."""
-        with execution.lock:
-            for name, stream in execution.streams.items():
-                try:
-                    self._forward_stream(execution, name, stream, final=final)
-                except Exception:  # a failing sink must not stop the tailing; the lines are re-read next time
-                    log.exception("forwarding %s of %s failed", name, execution.dir)
-                    stream.pending = b""
-
-    def _forward_stream(self, execution: _Execution, name: str, stream: _Stream, *, final: bool) -> None:
-        run_id, step, attempt = execution.key
-        try:
-            handle = stream.path.open("rb")
-        except FileNotFoundError:
-            return
-        with handle:
-            handle.seek(stream.offset + len(stream.pending))
-            while True:
-                chunk = handle.read(READ_CHUNK_BYTES)
-                if chunk:
-                    *lines, stream.pending = (stream.pending + chunk).split(b"\n")
-                    pieces = [(line, len(line) + 1) for line in lines]  # (text, bytes it takes in the file)
-                    if len(stream.pending) > MAX_LINE_BYTES:
-                        pieces.append((stream.pending, len(stream.pending)))
-                        stream.pending = b""
-                elif final and stream.pending:
-                    pieces = [(stream.pending, len(stream.pending))]
-                    stream.pending = b""
-                else:
-                    return
-                for line, size in pieces:
-                    self._on_log(run_id, step, attempt, name, line.decode("utf-8", "replace").rstrip("\r"))
-                    stream.offset += size
 
 
 def _running_child(pid: int) -> bool:
