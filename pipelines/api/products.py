@@ -32,15 +32,8 @@ from control_plane.core.auth.tokens import Principal
 from control_plane.core.deps import Authorize, request_actor
 from control_plane.core.responses import json_response
 from pipelines.catalog import Catalog, CatalogError, UnknownProduct
-from pipelines.catalog.service import (
-    EVICTED,
-    PUBLISHED,
-    QUARANTINED,
-    STATES,
-    UNSCANNED,
-    CursorError,
-    ProductFilter,
-)
+from pipelines.catalog.search import CursorError, ProductFilter
+from pipelines.catalog.service import EVICTED, PUBLISHED, QUARANTINED, STATES, UNSCANNED
 
 router = APIRouter(prefix="/api/v1/products", tags=["products"])
 CHUNK_BYTES = 256 * 1024

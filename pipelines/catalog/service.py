@@ -28,7 +28,6 @@ Re-publishing the same step's outputs rescans them too.
 
 from __future__ import annotations
 
-import base64
 import logging
 import uuid
 from collections.abc import Mapping
@@ -49,6 +48,7 @@ from pipelines.catalog import events
 from pipelines.catalog.quotas import DownloadQuota
 from pipelines.catalog.retention import Retention
 from pipelines.catalog.scanner import ClamdScanner, Scanner, ScannerError, Verdict
+from pipelines.catalog.search import ProductFilter, ProductPage, search_products
 from pipelines.catalog.storage import LocalStorage, Storage
 from pipelines.spec import OutputSpec
 from pipelines.tables import products
@@ -119,41 +119,6 @@ class PublishedProduct:
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> PublishedProduct:
         return cls(**{name: row[name] for name in cls.__dataclass_fields__})
-
-
-@dataclass(frozen=True)
-class ProductFilter:
-    """Search criteria; ``sensing_from`` is inclusive and ``sensing_to`` exclusive, on ``sensing_start``."""
-
-    product_type: str | None = None
-    mission: str | None = None
-    state: str | None = PUBLISHED
-    sensing_from: datetime | None = None
-    sensing_to: datetime | None = None
-
-
-@dataclass(frozen=True)
-class ProductPage:
-    rows: list[dict[str, Any]]
-    next_cursor: str | None
-
-
-class CursorError(CatalogError, ValueError):
-    """A paging cursor that this catalog did not hand out."""
-
-
-def encode_cursor(created_at: datetime, last_id: str) -> str:
-    """An opaque cursor: the position (registration time, id) of the last item of a page."""
-    return base64.urlsafe_b64encode(f"{clock.rfc3339(created_at)}|{last_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        moment, last_id = text.split("|", 1)
-        return clock.parse_rfc3339(moment), last_id
-    except ValueError:  # bad base64, bad UTF-8, no separator, bad time: all ValueError
-        raise CursorError(f"cursor {cursor[:64]!r} is not a cursor this API returned") from None
 
 
 class _ManifestEntry(BaseModel):
@@ -294,30 +259,7 @@ class Catalog:
     def search(self, criteria: ProductFilter, *, cursor: str | None = None, limit: int = 100) -> ProductPage:
         """One page of products matching ``criteria``, newest registration first, continuing after ``cursor``
         (``CursorError`` when it is not one this method gave)."""
-        query = sa.select(products)
-        for column, value in (
-            (products.c.product_type, criteria.product_type),
-            (products.c.mission, criteria.mission),
-            (products.c.state, criteria.state),
-        ):
-            if value is not None:
-                query = query.where(column == value)
-        if criteria.sensing_from is not None:
-            query = query.where(products.c.sensing_start >= criteria.sensing_from)
-        if criteria.sensing_to is not None:
-            query = query.where(products.c.sensing_start < criteria.sensing_to)
-        if cursor is not None:
-            created_at, last_id = decode_cursor(cursor)
-            query = query.where(
-                (products.c.created_at < created_at)
-                | ((products.c.created_at == created_at) & (products.c.id < last_id))
-            )
-        query = query.order_by(products.c.created_at.desc(), products.c.id.desc()).limit(limit + 1)
-        with self.engine.connect() as connection:
-            rows = [dict(row._mapping) for row in connection.execute(query)]
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return ProductPage(rows, encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None)
+        return search_products(self.engine, criteria, cursor=cursor, limit=limit)
 
     def key_of(self, row: Mapping[str, Any]) -> str:
         """The storage key of a product's file."""

@@ -20,7 +20,7 @@ from control_plane.core.services import Services, open_services
 from pipelines.catalog import Catalog, CatalogError, OutputContext, OutputError, ProductUnavailable
 from pipelines.catalog.quotas import DownloadQuota, seconds_to_midnight
 from pipelines.catalog.scanner import ClamdScanner, ScannerError, Verdict
-from pipelines.catalog.service import CursorError, ProductFilter
+from pipelines.catalog.search import CursorError, ProductFilter
 from pipelines.spec import OutputSpec
 from pipelines.tables import products
 from tests.apps import make_settings, prepare_database
