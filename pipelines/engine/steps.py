@@ -67,11 +67,12 @@ def dispatch(engine: Engine) -> int:
         ready={lane: len(rows) for lane, rows in ready.items()},
         max_parallel=engine.production.max_parallel_steps,
     )
-    started = 0
-    for lane, count in starts.items():
-        for row in ready[lane][:count]:
-            started += start_step(engine, row.run_id, row.name, row.attempt + 1)
-    return started
+    chosen = [
+        (row.run_id, row.name, row.attempt + 1)
+        for lane, count in starts.items()
+        for row in ready[lane][:count]
+    ]
+    return start_steps(engine, chosen)
 
 
 def build_launch(engine: Engine, run: RunRow, step_name: str, attempt: int) -> StepLaunch:
@@ -101,58 +102,88 @@ def build_launch(engine: Engine, run: RunRow, step_name: str, attempt: int) -> S
     )
 
 
-def start_step(engine: Engine, run_id: str, step: str, attempt: int) -> int:
-    """Claim one ready step (queued -> running under this engine's lease), record the attempt, start it."""
+def start_steps(engine: Engine, wanted: list[tuple[str, str, int]]) -> int:
+    """Claim ready steps ``(run_id, step, attempt)`` (queued -> running under this engine's lease) and record
+    their attempts in one transaction, then start each on the executor and save the references it gave."""
     now = clock.utcnow()
     with engine.db.connect() as connection:
-        run = load_run(connection, run_id)
-    try:
-        launch = build_launch(engine, run, step, attempt)
-    except Exception as exc:  # any reason it cannot be built ends the step, and says why
-        return _fail_unstartable(engine, run, step, attempt, f"cannot prepare the step: {exc}")
-    with engine.db.begin() as connection:
-        if not claim_step(
-            connection,
-            run_id,
-            step,
-            attempt=attempt,
-            owner=engine.owner,
-            lease_expires=now + engine.lease,
-            now=now,
-        ):
-            return 0  # another engine (or an action) got there first
-        connection.execute(
-            tables.step_executions.insert().values(
-                run_id=run_id,
-                step=step,
-                attempt=attempt,
-                executor=engine.executor.name,
-                image=launch.processor.image,
-                started_at=now,
+        runs = {
+            row.id: RunRow.of(row)
+            for row in connection.execute(
+                sa.select(*RunRow.columns()).where(
+                    tables.runs.c.id.in_({run_id for run_id, _s, _a in wanted})
+                )
             )
-        )
-    tracing.begin(engine.traces, run, step)
-    try:
-        ref = engine.executor.start(launch)
-    except Exception as exc:  # a start that fails is a failed attempt; retries apply
-        log.exception("could not start %s", launch.execution_id)
-        record_result(
-            engine,
-            StepResult(run_id, step, attempt, "failed", None, f"the executor could not start it: {exc}"),
-        )
-        return 1
+        }
+    launches: list[tuple[RunRow, StepLaunch]] = []
+    changed = 0
+    for run_id, step, attempt in wanted:
+        try:
+            launches.append((runs[run_id], build_launch(engine, runs[run_id], step, attempt)))
+        except Exception as exc:  # any reason it cannot be built ends the step, and says why
+            changed += _fail_unstartable(
+                engine, runs[run_id], step, attempt, f"cannot prepare the step: {exc}"
+            )
+    claimed: list[tuple[RunRow, StepLaunch]] = []
     with engine.db.begin() as connection:
-        for table, where in (
-            (tables.run_steps, (tables.run_steps.c.name == step,)),
-            (
-                tables.step_executions,
-                (tables.step_executions.c.step == step, tables.step_executions.c.attempt == attempt),
-            ),
-        ):
+        for run, launch in launches:
+            lease = now + engine.lease
+            if not claim_step(
+                connection,
+                run.id,
+                launch.step,
+                attempt=launch.attempt,
+                owner=engine.owner,
+                lease_expires=lease,
+                now=now,
+            ):
+                continue  # another engine (or an action) got there first
             connection.execute(
-                table.update().where(table.c.run_id == run_id, *where).values(executor_ref=ref)
+                tables.step_executions.insert().values(
+                    run_id=run.id,
+                    step=launch.step,
+                    attempt=launch.attempt,
+                    executor=engine.executor.name,
+                    image=launch.processor.image,
+                    started_at=now,
+                )
             )
-    return 1
+            claimed.append((run, launch))
+    references = []
+    for run, launch in claimed:
+        tracing.begin(engine.traces, run, launch.step)
+        try:
+            references.append(
+                {"r": run.id, "s": launch.step, "a": launch.attempt, "ref": engine.executor.start(launch)}
+            )
+        except Exception as exc:  # a start that fails is a failed attempt; retries apply
+            log.exception("could not start %s", launch.execution_id)
+            reason = f"the executor could not start it: {exc}"
+            record_result(engine, StepResult(run.id, launch.step, launch.attempt, "failed", None, reason))
+    if references:
+        run_steps, executions = tables.run_steps, tables.step_executions
+        with engine.db.begin() as connection:
+            connection.execute(
+                run_steps.update()
+                .where(
+                    run_steps.c.run_id == sa.bindparam("r"),
+                    run_steps.c.name == sa.bindparam("s"),
+                    run_steps.c.attempt == sa.bindparam("a"),
+                )
+                .values(executor_ref=sa.bindparam("ref")),
+                references,
+            )
+            connection.execute(
+                executions.update()
+                .where(
+                    executions.c.run_id == sa.bindparam("r"),
+                    executions.c.step == sa.bindparam("s"),
+                    executions.c.attempt == sa.bindparam("a"),
+                )
+                .values(executor_ref=sa.bindparam("ref")),
+                references,
+            )
+    return changed + len(claimed)
 
 
 def _fail_unstartable(engine: Engine, run: RunRow, step: str, attempt: int, reason: str) -> int:
