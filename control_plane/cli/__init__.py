@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from control_plane.cli import kernel, pipelines, telemetry
+from control_plane.cli import kernel, pipelines, production, telemetry
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,3 +20,4 @@ def main() -> None:
 kernel.register(main)
 telemetry.register(main)
 pipelines.register(main)
+production.register(main)

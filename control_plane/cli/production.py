@@ -1,0 +1,233 @@
+"""``refsys run``: start a chain and follow it, and every run it triggers, to the end.
+
+In-process by default: the engine, the configured executor and the systematic trigger run inside the command
+until no run is active and no product event is left, so a chain's downstream chains (started by its products)
+are followed too. With ``--url`` the run is requested from a server and followed through the API.
+
+Progress goes to stderr as one line per change (run or step state, attempt); the summary goes to stdout as
+JSON. Exit 0 when every followed run succeeded, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+import sqlalchemy as sa
+
+from control_plane.cli.common import (
+    EXIT_CHECK_FAILED,
+    EXIT_USAGE,
+    config_option,
+    fail,
+    open_state,
+    open_trail,
+    settings_from,
+)
+from control_plane.core import clock
+from control_plane.core.audit.trail import Actor
+from control_plane.core.bus import create_bus
+from pipelines import tables
+from pipelines.engine import BadRunRequest, RunRequest
+from pipelines.engine.states import RUN_TERMINAL
+from pipelines.production import Production
+from pipelines.registry import ChainSpecError
+from pipelines.triggers.systematic import SystematicTrigger
+
+POLL_S = 0.25
+
+
+def register(main: click.Group) -> None:
+    main.add_command(run)
+
+
+def _parameters(pairs: tuple[str, ...]) -> dict[str, Any]:
+    parameters: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            fail(f"--param {pair!r}: expected NAME=VALUE", EXIT_USAGE)
+        parameters[name] = value
+    return parameters
+
+
+@click.command("run")
+@click.argument("chain")
+@click.option("--version", "chain_version", help="Chain version (default: the newest).")
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="A run parameter (repeatable).")
+@click.option("--input", "inputs", multiple=True, metavar="PRODUCT_ID", help="An input product (repeatable).")
+@click.option("--lane", help="Lane to run in (default: the chain's).")
+@click.option(
+    "--timeout", "timeout_s", type=float, default=3600.0, show_default=True, help="Give up after (s)."
+)
+@click.option(
+    "--url", envvar="REFSYS_URL", help="Submit to this server and follow it (token in REFSYS_TOKEN)."
+)
+@config_option
+def run(
+    chain: str,
+    chain_version: str | None,
+    params: tuple[str, ...],
+    inputs: tuple[str, ...],
+    lane: str | None,
+    timeout_s: float,
+    url: str | None,
+    config_file: Path | None,
+) -> None:
+    """Run CHAIN and follow it (and every run it triggers) until they end, showing progress."""
+    request = RunRequest(
+        chain_id=chain,
+        chain_version=chain_version,
+        parameters=_parameters(params),
+        inputs=list(inputs),
+        lane=lane,
+        trigger="manual",
+    )
+    summary = _run_remote(url, request, timeout_s) if url else _run_local(config_file, request, timeout_s)
+    click.echo(json.dumps(summary, indent=1, default=str))
+    if not summary["runs"] or any(item["state"] != "succeeded" for item in summary["runs"]):
+        sys.exit(EXIT_CHECK_FAILED)
+
+
+def _run_local(config_file: Path | None, request: RunRequest, timeout_s: float) -> dict[str, Any]:
+    settings = settings_from(config_file)
+    engine = open_state(settings)
+    bus = create_bus(settings)
+    try:
+        production = Production(settings, engine, bus, open_trail(settings, engine))
+    except ChainSpecError as exc:
+        fail("; ".join(exc.problems), EXIT_USAGE)
+    trigger = SystematicTrigger(bus=bus, db=engine, registry=production.registry, engine=production.engine)
+    started = clock.utcnow()
+    try:
+        try:
+            first, _created = production.engine.submit(request, Actor.local_cli())
+        except BadRunRequest as exc:
+            fail(str(exc), EXIT_USAGE)
+        production.start()
+        progress = _Progress()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            triggered = trigger.run_once(timeout_s=POLL_S)
+            progress.show(_followed(engine, first, started))
+            if not triggered and production.engine.idle():
+                break
+        views = _followed(engine, first, started)
+        return {"runs": [_summary(view) for view in views], "timed_out": not production.engine.idle()}
+    finally:
+        trigger.stop()
+        production.stop()
+        bus.close()
+        engine.dispose()
+
+
+def _followed(engine: sa.Engine, first: str, since: Any) -> list[dict[str, Any]]:
+    """The run this command started and the runs started after it by its products (systematic triggers)."""
+    runs = tables.runs
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(runs.c.id, runs.c.chain_id, runs.c.state, runs.c.reason, runs.c.trigger)
+            .where(
+                sa.or_(
+                    runs.c.id == first, sa.and_(runs.c.trigger == "systematic", runs.c.created_at >= since)
+                )
+            )
+            .order_by(runs.c.created_at)
+        ).all()
+        steps = connection.execute(
+            sa.select(tables.run_steps.c.run_id, tables.run_steps.c.name, tables.run_steps.c.state,
+                      tables.run_steps.c.attempt)
+            .where(tables.run_steps.c.run_id.in_([row.id for row in rows]))
+        ).all()  # fmt: skip
+        products = connection.execute(
+            sa.select(tables.products.c.run_id, tables.products.c.name, tables.products.c.state).where(
+                tables.products.c.run_id.in_([row.id for row in rows])
+            )
+        ).all()
+    return [
+        {
+            "id": row.id,
+            "chain": row.chain_id,
+            "state": row.state,
+            "trigger": row.trigger,
+            "reason": row.reason,
+            "steps": {step.name: (step.state, step.attempt) for step in steps if step.run_id == row.id},
+            "products": [f"{p.name} ({p.state})" for p in products if p.run_id == row.id],
+        }
+        for row in rows
+    ]
+
+
+def _summary(view: dict[str, Any]) -> dict[str, Any]:
+    return {key: view[key] for key in ("id", "chain", "state", "trigger", "reason", "products")}
+
+
+class _Progress:
+    """One stderr line per change of a run's or a step's state, with a clock; nothing when nothing moved."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, Any] = {}
+
+    def show(self, views: list[dict[str, Any]]) -> None:
+        for view in views:
+            short = view["id"][-8:]
+            key = view["id"]
+            if self._seen.get(key) != view["state"]:
+                self._seen[key] = view["state"]
+                self._line(f"run {short} {view['chain']} ({view['trigger']}): {view['state']}")
+            for name, (state, attempt) in sorted(view["steps"].items()):
+                step_key = f"{key}/{name}"
+                if self._seen.get(step_key) != (state, attempt):
+                    self._seen[step_key] = (state, attempt)
+                    self._line(f"  run {short} step {name}: {state} (attempt {attempt})")
+
+    @staticmethod
+    def _line(text: str) -> None:
+        click.echo(f"{time.strftime('%H:%M:%S')} {text}", err=True)
+
+
+def _run_remote(url: str, request: RunRequest, timeout_s: float) -> dict[str, Any]:
+    token = os.environ.get("REFSYS_TOKEN")
+    if not token:
+        fail("--url needs a token in REFSYS_TOKEN", EXIT_USAGE)
+    body = {
+        "chain": request.chain_id,
+        "version": request.chain_version,
+        "parameters": request.parameters,
+        "inputs": request.inputs,
+        "lane": request.lane,
+    }
+    progress = _Progress()
+    with httpx.Client(
+        base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as http:
+        try:
+            answer = http.post("/api/v1/runs", json=body)
+        except httpx.HTTPError as exc:
+            fail(f"cannot reach {url}: {exc}", EXIT_USAGE)
+        if answer.status_code not in (200, 201):
+            fail(f"{url} refused the run: {answer.status_code} {answer.text[:300]}", EXIT_USAGE)
+        view = answer.json()
+        deadline = time.monotonic() + timeout_s
+        while view["state"] not in RUN_TERMINAL and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+            view = http.get(f"/api/v1/runs/{view['id']}").raise_for_status().json()
+            progress.show([_remote_view(view)])
+    return {"runs": [{"id": view["id"], "chain": view["chain"], "state": view["state"],
+                      "trigger": view["trigger"], "reason": view.get("reason"), "products": []}]}  # fmt: skip
+
+
+def _remote_view(view: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": view["id"],
+        "chain": view["chain"],
+        "state": view["state"],
+        "trigger": view["trigger"],
+        "steps": {step["name"]: (step["state"], step["attempt"]) for step in view["steps"]},
+    }

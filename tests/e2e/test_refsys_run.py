@@ -1,0 +1,56 @@
+"""Acceptance 1 of production: `refsys run` on the bundled Sentinel-2 L1C chain publishes products with lineage
+and traces, and the L2A chain starts by itself from the product event and succeeds (real processors, real
+local executor, embedded defaults in a temporary working directory)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from pipelines import tables
+from tests.apps import run_refsys
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_refsys_run_s2_l1c_publishes_and_l2a_follows_by_itself(tmp_path: Path) -> None:
+    done = run_refsys("run", "s2-l1c", "--param", "duration_s=1", "--param", "products=2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    l1c, *l2as = summary["runs"]
+    assert (l1c["chain"], l1c["trigger"], l1c["state"]) == ("s2-l1c", "manual", "succeeded")
+    assert len(l1c["products"]) == 2 and len(l2as) == 2  # one L2A run per L1C tile
+    assert {(run["chain"], run["trigger"], run["state"]) for run in l2as} == {
+        ("s2-l2a", "systematic", "succeeded")
+    }
+    l2a = l2as[0]
+    assert "step l1c: succeeded" in done.stderr and "step l2a: succeeded" in done.stderr  # live progress
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'var' / 'refsys.db'}")
+    try:
+        with engine.connect() as connection:
+            products = list(connection.execute(sa.select(tables.products)))
+            traces = connection.execute(sa.select(tables.trace_events)).all()
+            l2a_run = connection.execute(sa.select(tables.runs).where(tables.runs.c.id == l2a["id"])).one()
+    finally:
+        engine.dispose()
+    [level2] = [row for row in products if row.run_id == l2a["id"]]
+    [level1] = [row for row in products if row.product_type == "S2MSI1C" and row.id in l2a_run.inputs]
+    assert level2.product_type == "S2MSI2A"
+    assert level1.name.startswith(("S2A_MSIL1C_", "S2B_MSIL1C_")) and level1.state == "published"
+    assert (level1.run_id, level1.step, level1.chain_id) == (l1c["id"], "l1c", "s2-l1c")
+    assert len(level1.sha256) == 64 and level1.size > 0
+    # Lineage: the L2A run consumed L1C products, and its product names them as inputs.
+    assert level1.id in l2a_run.inputs and level1.id in level2.inputs
+    assert (level2.run_id, level2.chain_id, level2.timeliness) == (l2a["id"], "s2-l2a", "FAST24")
+    by_run: dict[str, set[str]] = {}
+    for trace in traces:
+        by_run.setdefault(trace.run_id, set()).add(trace.event)
+        assert trace.body["trace"]["version"] == "1.0"
+    assert by_run[l1c["id"]] == {"BEGIN", "END", "PUBLISHED"}
+    assert by_run[l2a["id"]] == {"BEGIN", "END", "PUBLISHED"}
+    published = [t for t in traces if t.event == "PUBLISHED" and t.run_id == l2a["id"]]
+    assert published[0].body["t0"] is not None and published[0].body["inputs"]
