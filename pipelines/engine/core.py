@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -42,6 +42,8 @@ from pipelines.traces import TraceWriter
 log = logging.getLogger(__name__)
 SYSTEM = Actor(subject="refsys:engine", client="local")
 ADMIT_BATCH = 500
+ADMIT_SKEW = timedelta(seconds=5)
+"""A waiting run changed this recently (an input added, by any engine, on any host's clock) is looked at again."""
 READY_BATCH = 2000
 ACTIVE_RUN = (RunState.PENDING, RunState.QUEUED, RunState.RUNNING)
 
@@ -84,7 +86,8 @@ class Engine:
         self._round_lock = threading.Lock()
         self._next_upkeep = 0.0
         self._cancelled_executions: set[tuple[str, str, int]] = set()
-        self._missing: dict[str, dict[str, int]] = {}
+        self._admitted_at = datetime(1970, 1, 1, tzinfo=UTC)
+        """Waiting runs changed since this are looked at again (the first round looks at every one)."""
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -314,12 +317,21 @@ class Engine:
         """pending / waiting-inputs -> queued (or waiting, or failed); queued -> running within chain limits."""
         runs = tables.runs
         changed = 0
+        now = clock.utcnow()
+        # A waiting run is looked at again only when it changed (an input came) or its next deadline passed.
+        due = sa.or_(
+            runs.c.state == RunState.PENDING,
+            runs.c.wait_until.is_(None),
+            runs.c.wait_until <= now,
+            runs.c.updated_at >= self._admitted_at,
+        )
+        self._admitted_at = now - ADMIT_SKEW
         with self.db.connect() as connection:
             candidates = [
                 RunRow.of(row)
                 for row in connection.execute(
                     sa.select(*RunRow.columns())
-                    .where(runs.c.state.in_((RunState.PENDING, RunState.WAITING_INPUTS)))
+                    .where(runs.c.state.in_((RunState.PENDING, RunState.WAITING_INPUTS)), due)
                     .order_by(runs.c.created_at)
                     .limit(ADMIT_BATCH)
                 )
@@ -334,7 +346,7 @@ class Engine:
             chain = self.chain(run.chain_id, run.chain_version)
             check_chain(chain, effective_parameters(chain, run.parameters))
         except (BadRunRequest, TemplateError) as exc:
-            return self._fail_early(run, str(exc))
+            return self._fail_early(run.id, run.state, str(exc))
         with self.db.connect() as connection:
             lacking = missing_inputs(chain, product_rows(connection, run.inputs))
         if not lacking:
@@ -346,9 +358,10 @@ class Engine:
         expired = [(spec, n) for spec, deadline, n in deadlines if deadline <= now]
         described = ", ".join(f"{spec.product_type} x{n}" for spec, n in lacking)
         if any(spec.wait.on_timeout == "fail" for spec, _n in expired):
-            return self._fail_early(run, f"inputs still missing when the wait ran out: {described}")
+            return self._fail_early(
+                run.id, run.state, f"inputs still missing when the wait ran out: {described}"
+            )
         if len(expired) == len(lacking):
-            self._missing[run.id] = {spec.product_type: n for spec, n in lacking}
             with self.db.begin() as connection:
                 return int(
                     move_run(
@@ -360,9 +373,10 @@ class Engine:
                         reason=f"started without missing inputs after the wait: {described}",
                     )
                 )
-        if run.state == RunState.PENDING:
-            wait_until = min(deadline for _spec, deadline, _n in deadlines if deadline > now)
-            with self.db.begin() as connection:
+        wait_until = min(deadline for _spec, deadline, _n in deadlines if deadline > now)
+        reason = f"waiting for inputs: {described}"
+        with self.db.begin() as connection:
+            if run.state == RunState.PENDING:
                 return int(
                     move_run(
                         connection,
@@ -370,22 +384,32 @@ class Engine:
                         run.state,
                         RunState.WAITING_INPUTS,
                         wait_until=wait_until,
-                        reason=f"waiting for inputs: {described}",
+                        reason=reason,
                     )
                 )
+            # Still waiting: note the next deadline (and what is still missing) so it is looked at then.
+            runs = tables.runs
+            connection.execute(
+                runs.update()
+                .where(
+                    runs.c.id == run.id,
+                    runs.c.state == RunState.WAITING_INPUTS,
+                    runs.c.updated_at == run.updated_at,
+                )
+                .values(wait_until=wait_until, reason=reason)
+            )
         return 0
 
-    def _fail_early(self, run: RunRow, reason: str) -> int:
-        """A run that cannot start (bad parameters, an unknown chain, inputs that never came) fails at once."""
+    def _fail_early(self, run_id: str, state: str, reason: str) -> int:
+        """A run that cannot go on (bad parameters, a chain no longer configured, inputs that never came)
+        fails at once, with the reason; it is not parked, since no retry can help it."""
         now = clock.utcnow()
         with self.db.begin() as connection:
-            failed = move_run(
-                connection, run.id, run.state, RunState.FAILED, reason=reason[:1024], ended_at=now
-            )
+            failed = move_run(connection, run_id, state, RunState.FAILED, reason=reason[:1024], ended_at=now)
             if failed:
-                progress.cancel_unstarted(connection, run.id)
+                progress.cancel_unstarted(connection, run_id)
         if failed:
-            log.info("run %s failed before starting: %s", run.id, reason)
+            log.info("run %s failed: %s", run_id, reason)
         return int(failed)
 
     def _start_queued(self) -> int:
@@ -411,8 +435,9 @@ class Engine:
         for run_id, chain_id, version in queued:
             try:
                 limit = self.chain(chain_id, version).max_concurrent_runs
-            except BadRunRequest:
-                limit = 1
+            except BadRunRequest as exc:
+                started += self._fail_early(run_id, RunState.QUEUED, str(exc))
+                continue
             if running[chain_id] >= limit:
                 continue
             now = clock.utcnow()
@@ -445,6 +470,11 @@ class Engine:
             if run_id in busy:
                 continue
             now = clock.utcnow()
+            try:
+                self.chain(*self._chain_of(run_id))
+            except BadRunRequest as exc:
+                changed += self._fail_early(run_id, RunState.RUNNING, str(exc))
+                continue
             with self.db.begin() as connection:
                 changed += progress.promote(connection, self, run_id, now)
                 states = (
@@ -456,14 +486,19 @@ class Engine:
                     changed += progress.finish_run(connection, self, run_id, now)
         return changed
 
+    def _chain_of(self, run_id: str) -> tuple[str, str]:
+        with self.db.connect() as connection:
+            run = load_run(connection, run_id)
+        return run.chain_id, run.chain_version
+
     def missing_outputs(self, run: RunRow) -> dict[str, int]:
         """Inputs a run started without (by product type), the basis of its traces' ``missing_outputs``."""
-        if run.id not in self._missing:
-            chain = self.chain(run.chain_id, run.chain_version)
-            with self.db.connect() as connection:
-                lacking = missing_inputs(chain, product_rows(connection, run.inputs))
-            self._missing[run.id] = {spec.product_type: n for spec, n in lacking}
-        return self._missing[run.id]
+        chain = self.chain(run.chain_id, run.chain_version)
+        if not chain.inputs:
+            return {}
+        with self.db.connect() as connection:
+            lacking = missing_inputs(chain, product_rows(connection, run.inputs))
+        return {spec.product_type: n for spec, n in lacking}
 
     def image_of(self, chain: ChainSpec, step: str) -> str | None:
         try:

@@ -32,11 +32,30 @@ def collect(engine: Engine) -> int:
     for result in results:
         try:
             record_result(engine, result)
-        except (
-            Exception
-        ):  # one bad result must not lose the others; its lease runs out and it is adopted again
+        except Exception:  # one bad result must not lose the others, nor stay unrecorded
             log.exception("could not record the end of %s/%s/%s", result.run_id, result.step, result.attempt)
+            release_lease(engine, result)
     return len(results)
+
+
+def release_lease(engine: Engine, result: StepResult) -> None:
+    """Let the lease of an execution whose end could not be recorded run out now: recovery then adopts it
+    again and the executor reports its end once more, instead of the step staying ``running`` forever."""
+    run_steps = tables.run_steps
+    try:
+        with engine.db.begin() as connection:
+            connection.execute(
+                run_steps.update()
+                .where(
+                    run_steps.c.run_id == result.run_id,
+                    run_steps.c.name == result.step,
+                    run_steps.c.attempt == result.attempt,
+                    run_steps.c.lease_owner == engine.owner,
+                )
+                .values(lease_owner=None, lease_expires=clock.utcnow())
+            )
+    except Exception:  # the database is down: the lease runs out by itself when heartbeats fail too
+        log.exception("could not release the lease of %s/%s/%s", result.run_id, result.step, result.attempt)
 
 
 def record_result(engine: Engine, result: StepResult) -> None:
