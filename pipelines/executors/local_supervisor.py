@@ -1,7 +1,7 @@
 """The supervisor of one local step execution: a small process that outlives the control plane.
 
 ``LocalExecutor.start`` writes ``launch.json`` into the execution directory and starts this module in a new
-session (``start_new_session=True``), so a SIGKILLed control plane takes nothing with it. The supervisor:
+session (``posix_spawn(..., setsid=True)``), so a SIGKILLed control plane takes nothing with it. The supervisor:
 
 1. blocks SIGTERM, SIGINT and SIGCHLD (it reads them with ``sigtimedwait``, so no signal is lost in a race) and
    becomes a child subreaper, so the step's orphaned grandchildren are reparented to it and reaped by it;
@@ -11,8 +11,9 @@ session (``start_new_session=True``), so a SIGKILLed control plane takes nothing
    one runs it and the other exits;
 3. links the inputs into ``in/``, starts the step command in a process group of its own with the rlimits of
    ``launch.json``; the group is in ``step.json`` before any of its processes runs the step (so a leftover
-   group can be found and killed even if this supervisor is SIGKILLed); the step's stdout and stderr go straight to ``stdout.log`` and
-   ``stderr.log`` (the step keeps writing them even if this process dies; the executor tails them);
+   group can be found and killed even if this supervisor is SIGKILLed); the step's stdout and stderr go
+   straight to ``stdout.log`` and ``stderr.log`` (the step keeps writing them even if this process dies; the
+   executor tails them);
 4. on timeout or on SIGTERM (cancel) kills the whole group: SIGTERM, a grace period, SIGKILL; when the step's
    main process ends by itself, leftover processes of its group are killed the same way. It waits until no
    process of the group remains, then writes ``result.json`` (exclusive, so the first verdict stands).
@@ -56,6 +57,7 @@ EX_TEMPFAIL = 75
 GROUP_GONE_TIMEOUT_S = 30.0
 """Longest wait for a SIGKILLed group to vanish (a process in uninterruptible sleep) before giving up on it."""
 MAX_FD = 1 << 20
+"""Descriptors from 3 up to this one are closed at start (``close_range``: one system call)."""
 STRAGGLER_WAIT_S = 0.1
 """How long processes left in the step's group after its main process ended may take to go by themselves."""
 WATCHED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
