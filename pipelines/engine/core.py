@@ -85,7 +85,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._round_lock = threading.Lock()
         self._next_upkeep = 0.0
-        self._cancelled_executions: set[tuple[str, str, int]] = set()
+        self.cancelled_executions: set[tuple[str, str, int]] = set()
+        """Executions of cancelled runs already asked to stop (so each is asked once)."""
         self._admitted_at = datetime(1970, 1, 1, tzinfo=UTC)
         """Waiting runs changed since this are looked at again (the first round looks at every one)."""
 

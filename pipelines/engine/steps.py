@@ -295,8 +295,8 @@ def kill_cancelled(engine: Engine) -> None:
                 run_steps.c.lease_owner == engine.owner,
             )
         ).all()
-    for run_id, step, attempt in rows:
-        key = (run_id, step, attempt)
-        if key not in engine._cancelled_executions:
-            engine._cancelled_executions.add(key)
-            engine.executor.cancel(run_id, step, attempt)
+    current = {(run_id, step, attempt) for run_id, step, attempt in rows}
+    for key in current - engine.cancelled_executions:
+        engine.executor.cancel(*key)
+    # Keep only those still running: the set never grows past the executions being cancelled right now.
+    engine.cancelled_executions = current

@@ -202,3 +202,28 @@ def test_the_same_idempotency_key_gives_the_same_run(tmp_path: Path, db_url: str
         assert first == (first[0], True) and second == (first[0], False)
         wait_for(lambda: production.engine.run_until_idle(1), "the run to end")
         assert len(harness.side_records()) == 1
+
+
+def test_two_engines_on_one_database_never_start_a_step_twice(tmp_path: Path, db_url: str) -> None:
+    harness = Harness(tmp_path, db_url)
+    args = harness.args(sleep_s=0.05)
+    harness.write_chain(
+        "pair",
+        chain_yaml(
+            "pair",
+            steps=[step("a", args=args), step("b", needs=["a"], args=args)],
+            outputs=[{"product_type": "T_OUT", "step": "b", "pattern": "*.dat", "timeliness": "NRT"}],
+        ),
+    )
+    with harness.production() as (first, services), harness.production() as (second, _):
+        assert first.engine.owner != second.engine.owner
+        run_ids = [first.engine.submit(RunRequest(chain_id="pair"), OPERATOR)[0] for _ in range(12)]
+        first.start()
+        second.start()
+        wait_for(lambda: first.engine.idle(), "every run to end", deadline_s=150)
+        assert {run_state(services, run_id) for run_id in run_ids} == {"succeeded"}
+        started = [(r["run"], r["step"]) for r in harness.side_records()]
+        assert sorted(started) == sorted((run_id, name) for run_id in run_ids for name in "ab")
+        with services.engine.connect() as connection:
+            executions = connection.execute(sa.select(tables.step_executions.c.executor_ref)).scalars().all()
+        assert len(executions) == 24, "one attempt per step: no claim was lost or doubled"
