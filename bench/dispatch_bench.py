@@ -1,0 +1,233 @@
+"""Dispatch: no-op steps through the run engine and the local executor, on 2 cores.
+
+Targets (issue: production chains): at least 50 steps/s dispatched, trigger-to-start p99 under 500 ms
+(anchors: Kueue admits about 43 workloads/s in its own test; Argo about 3 workflows/s in a user's test).
+
+The engine, the catalog and the local executor run in this process (``refsys serve`` runs the same objects);
+this process and every step it starts are pinned to cores 0 and 1. The chain has one step running the bundled
+``noop`` processor (exits 0, writes nothing), so what is measured is the control plane's work per step:
+claiming, the supervisor process, the result, the bookkeeping, the run's end.
+
+- **burst**: ``--steps`` runs submitted at once. Throughput = steps / (last step ended - first submission).
+  Latency here includes queueing behind the burst, so it is reported but is not the target's figure.
+- **paced**: ``--paced-steps`` runs submitted open-loop at ``--paced-rate`` per second (default: half the burst
+  throughput, capped at 50/s), as production requests arrive. Trigger-to-start latency = step started (the
+  executor has launched it) - run submitted (``runs.created_at``); p50/p99 over the paced runs. This is the
+  figure the target is about.
+- CPU: this process's own CPU time (user + system) per step, separately from the step processes' (children).
+  Peak RSS: this process's ``ru_maxrss``.
+
+    python bench/dispatch_bench.py [--steps 2000] [--paced-steps 1000] [--paced-rate R] [--slots 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.machine import report
+from control_plane.core import schema
+from control_plane.core.audit.trail import Actor
+from control_plane.core.config import Settings
+from control_plane.core.services import open_engine, open_services
+from pipelines import tables
+from pipelines.engine import RunRequest
+from pipelines.production import Production
+
+CHAIN = """
+id: noop
+version: "1.0"
+mission: S2
+lane: NRT
+max_concurrent_runs: 100000
+steps:
+  - name: noop
+    processor: {name: noop, version: "1.0"}
+    timeout_s: 60
+    retries: {max_attempts: 1}
+outputs:
+  - {product_type: NOOP, step: noop, pattern: "*.none", timeliness: NRT}
+"""
+ACTOR = Actor(subject="bench", roles=("operator",))
+
+
+NOOP_COMMAND = ["/bin/true"]
+PYTHON_NOOP_COMMAND = ["{python}", "-m", "pipelines.processors.noop"]
+
+
+def settings_for(root: Path, slots: int, command: list[str]) -> Settings:
+    chains = root / "chains"
+    chains.mkdir()
+    (chains / "noop.yaml").write_text(CHAIN)
+    return Settings(
+        data_dir=root / "var",
+        logging={"access_log": False},
+        production={
+            "bundled_chains": False,
+            "chain_dirs": [str(chains)],
+            "max_parallel_steps": slots,
+            "lanes": {
+                "NRT": {"priority": 80, "concurrency": slots, "reserved": 0},
+                "REPROCESSING": {"priority": 0, "concurrency": 2, "throttled": True},
+            },
+            "cron": False,
+            # The step runs /bin/true: a no-op whose own start costs next to nothing, so the figures are the
+            # control plane's (a Python processor adds its interpreter's start, ~20 ms of CPU, to every step;
+            # ``--python-noop`` measures that variant with the bundled ``pipelines.processors.noop``).
+            "processors": [{"name": "noop", "version": "1.0", "command": command}],
+        },
+    )
+
+
+def cpu_s(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def step_rows(services: Any, run_ids: list[str]) -> list[Any]:
+    with services.engine.connect() as connection:
+        return list(
+            connection.execute(
+                sa.select(
+                    tables.runs.c.created_at,
+                    tables.run_steps.c.started_at,
+                    tables.run_steps.c.ended_at,
+                    tables.run_steps.c.state,
+                )
+                .join(tables.run_steps, tables.run_steps.c.run_id == tables.runs.c.id)
+                .where(tables.runs.c.id.in_(run_ids))
+            )
+        )
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def latency_ms(rows: list[Any]) -> dict[str, float]:
+    latencies = [(row.started_at - row.created_at).total_seconds() * 1000 for row in rows if row.started_at]
+    return {
+        "p50_ms": round(statistics.median(latencies), 1),
+        "p99_ms": round(percentile(latencies, 0.99), 1),
+        "max_ms": round(max(latencies), 1),
+    }
+
+
+def wait_done(production: Production, timeout_s: float) -> None:
+    if not production.engine.run_until_idle(timeout_s):
+        raise SystemExit(f"runs still active after {timeout_s} s")
+
+
+def submit(production: Production, count: int, tag: str) -> list[str]:
+    return [
+        production.engine.submit(RunRequest(chain_id="noop", idempotency_key=f"{tag}-{index}"), ACTOR)[0]
+        for index in range(count)
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--paced-steps", type=int, default=1000)
+    parser.add_argument("--paced-rate", type=float, default=None)
+    parser.add_argument("--slots", type=int, default=32)
+    parser.add_argument(
+        "--python-noop", action="store_true", help="steps run the bundled Python noop processor"
+    )
+    args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {0, 1})  # children (the step processes) inherit it
+
+    with tempfile.TemporaryDirectory(prefix="refsys-dispatch-") as tmp:
+        command = PYTHON_NOOP_COMMAND if args.python_noop else NOOP_COMMAND
+        settings = settings_for(Path(tmp), args.slots, command)
+        settings.data_dir.mkdir(parents=True)
+        fresh = open_engine(settings)
+        schema.upgrade(fresh)
+        fresh.dispose()
+        services = open_services(settings)
+        production = Production(settings, services.engine, services.bus, services.audit)
+        production.start()
+        try:
+            # Warm-up: imports, first processes, database pages.
+            submit(production, 20, "warmup")
+            wait_done(production, 120)
+
+            cpu_before, children_before = cpu_s(resource.RUSAGE_SELF), cpu_s(resource.RUSAGE_CHILDREN)
+            began = time.monotonic()
+            burst = submit(production, args.steps, "burst")
+            submitted_s = time.monotonic() - began
+            wait_done(production, 1800)
+            elapsed = time.monotonic() - began
+            cpu_used = cpu_s(resource.RUSAGE_SELF) - cpu_before
+            children_used = cpu_s(resource.RUSAGE_CHILDREN) - children_before
+            rows = step_rows(services, burst)
+            succeeded = sum(1 for row in rows if row.state == "succeeded")
+            first_submit = min(row.created_at for row in rows)
+            last_end = max(row.ended_at for row in rows if row.ended_at)
+            throughput = len(rows) / (last_end - first_submit).total_seconds()
+            print(f"burst: {len(rows)} steps, {throughput:.1f} steps/s", file=sys.stderr)
+
+            rate = args.paced_rate or min(50.0, throughput / 2)
+            paced: list[str] = []
+            start = time.monotonic()
+            for index in range(args.paced_steps):
+                due = start + index / rate
+                pause = due - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                paced += submit(production, 1, f"paced-{index}")
+            wait_done(production, 1800)
+            paced_rows = step_rows(services, paced)
+        finally:
+            production.stop()
+            services.close()
+
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures = {
+        "config": {
+            "slots": args.slots,
+            "executor": "local",
+            "step_command": " ".join(command),
+            "database": "sqlite (embedded)",
+            "cores": "0,1",
+        },
+        "burst": {
+            "steps": len(rows),
+            "succeeded": succeeded,
+            "submission_s": round(submitted_s, 2),
+            "wall_s": round(elapsed, 2),
+            "steps_per_s": round(throughput, 1),
+            "latency_with_queueing": latency_ms(rows),
+            "control_plane_cpu_ms_per_step": round(cpu_used * 1000 / len(rows), 2),
+            "step_processes_cpu_ms_per_step": round(children_used * 1000 / len(rows), 2),
+        },
+        "paced": {
+            "steps": len(paced_rows),
+            "rate_per_s": round(rate, 1),
+            "succeeded": sum(1 for row in paced_rows if row.state == "succeeded"),
+            "trigger_to_start": latency_ms(paced_rows),
+        },
+        "peak_rss_mib": round(peak_rss_mib, 1),
+        "targets": {"steps_per_s": 50, "p99_ms": 500},
+        "met": throughput >= 50 and latency_ms(paced_rows)["p99_ms"] < 500,
+    }
+    report("dispatch-python-noop" if args.python_noop else "dispatch", figures)
+
+
+if __name__ == "__main__":
+    main()
