@@ -287,6 +287,7 @@ class _LineIndex:
     def __init__(self, root: yaml.Node) -> None:
         self.root = root
         self.duplicates: list[tuple[Location, int, str]] = []
+        self._seen: set[int] = set()
         self._find_duplicates(root, ())
 
     def line_of(self, loc: Location) -> int:
@@ -312,6 +313,9 @@ class _LineIndex:
         return None
 
     def _find_duplicates(self, node: yaml.Node, loc: Location) -> None:
+        if id(node) in self._seen:  # an alias: its node was walked already (and may contain itself)
+            return
+        self._seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             first: dict[str, int] = {}
             for key, value in node.value:

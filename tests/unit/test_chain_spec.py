@@ -222,3 +222,11 @@ def test_chains_built_in_code_are_checked_too() -> None:
                 "outputs": [{"product_type": "X", "step": "a", "pattern": "*", "timeliness": "NRT"}],
             }
         )
+
+
+def test_a_self_referencing_alias_is_refused_without_looping(tmp_path: Path, settings: Settings) -> None:
+    path = tmp_path / "alias.yaml"
+    path.write_text("id: alias\nversion: '1'\nmission: S2\nsteps: &loop [*loop]\noutputs: []\n")
+    with pytest.raises(ChainSpecError) as caught:
+        load_chain_file(path, settings)
+    assert caught.value.problems[0].startswith(f"{path}:4: steps[0]: ")
