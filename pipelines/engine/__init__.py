@@ -6,13 +6,12 @@ do. See ``core`` for the scheduling round, ``steps`` for a step's life, ``states
 
 from __future__ import annotations
 
-from pipelines.engine.core import SYSTEM, Engine
+from pipelines.engine.core import Engine
 from pipelines.engine.logs import StepLogs
 from pipelines.engine.requests import ActionNotAllowed, BadRunRequest, RunError, RunNotFound, RunRequest
 from pipelines.engine.states import IllegalTransition, RunState, StepState
 
 __all__ = [
-    "SYSTEM",
     "ActionNotAllowed",
     "BadRunRequest",
     "Engine",

@@ -30,7 +30,7 @@ from pipelines import tables
 from pipelines.catalog import Catalog
 from pipelines.engine import actions, endings, progress, steps
 from pipelines.engine.logs import StepLogs
-from pipelines.engine.requests import BadRunRequest, RunNotFound, RunRequest
+from pipelines.engine.requests import BadRunRequest, RunRequest
 from pipelines.engine.runs import RunRow, load_run, missing_inputs, product_rows, run_view
 from pipelines.engine.states import RunState, StepState, move_run
 from pipelines.engine.templates import TemplateError, check_chain, effective_parameters
@@ -40,11 +40,9 @@ from pipelines.spec import ChainSpec
 from pipelines.traces import TraceWriter
 
 log = logging.getLogger(__name__)
-SYSTEM = Actor(subject="refsys:engine", client="local")
 ADMIT_BATCH = 500
 ADMIT_SKEW = timedelta(seconds=5)
 """A waiting run changed this recently (an input added, by any engine, on any host's clock) is looked at again."""
-READY_BATCH = 2000
 ACTIVE_RUN = (RunState.PENDING, RunState.QUEUED, RunState.RUNNING)
 
 
@@ -512,5 +510,3 @@ class Engine:
         with self.db.connect() as connection:
             return run_view(connection, run_id)
 
-
-__all__ = ["SYSTEM", "Engine", "RunNotFound"]
