@@ -1,7 +1,8 @@
 """The local executor across crashes, with real processes: a control plane SIGKILLed while its step runs (a new
 one adopts the execution, resumes its logs and gets its result), a control plane SIGKILLed between writing the
 launch and spawning the supervisor (the execution is refused, and no late supervisor can ever run it), and a
-supervisor SIGKILLed mid-run (``lost``, with the step's leftover processes killed)."""
+supervisor SIGKILLed mid-run (``lost`` through ``poll``, or refused by ``adopt`` after a restart; either way the
+step's leftover processes are killed first)."""
 
 from __future__ import annotations
 
