@@ -120,7 +120,7 @@ def sink() -> Sink:
 
 @pytest.fixture
 def executor(settings: Settings, sink: Sink) -> Iterator[LocalExecutor]:
-    executor = LocalExecutor(settings, sink, kill_grace_s=0.5, log_poll_s=0.02)
+    executor = LocalExecutor(settings, sink, kill_grace_s=2.0, log_poll_s=0.02)
     yield executor
     executor.close()
 
