@@ -18,6 +18,7 @@ from control_plane.core.services import Services, open_services
 from pipelines.api import parking_lot as parking_lot_api
 from pipelines.api import pipelines as pipelines_api
 from pipelines.api import products as products_api
+from pipelines.api import reprocessing as reprocessing_api
 from pipelines.api import runs as runs_api
 from pipelines.production import Production
 from security import search_api
@@ -86,6 +87,7 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
     app.include_router(runs_api.router)
     app.include_router(parking_lot_api.router)
     app.include_router(products_api.router)
+    app.include_router(reprocessing_api.router)
     app.add_middleware(
         RequestMiddleware,
         metrics=services.metrics,

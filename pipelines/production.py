@@ -19,6 +19,10 @@ from pipelines.executors.kubernetes import KubernetesExecutor
 from pipelines.executors.local import LocalExecutor
 from pipelines.registry import ChainRegistry
 from pipelines.traces import TraceWriter
+from pipelines.triggers.cron import CronTriggers
+from pipelines.triggers.reprocessing import Campaigns
+from pipelines.triggers.systematic import SystematicTrigger
+from pipelines.upkeep import CatalogUpkeep
 
 EXECUTORS: dict[str, type[LocalExecutor] | type[KubernetesExecutor]] = {
     "local": LocalExecutor,
@@ -63,11 +67,27 @@ class Production:
             self.executor,
             logs=self.logs,
         )
+        self.systematic = SystematicTrigger(bus=bus, db=engine, registry=self.registry, engine=self.engine)
+        self.cron = CronTriggers(registry=self.registry, engine=self.engine)
+        self.campaigns = Campaigns(
+            settings=settings, db=engine, registry=self.registry, engine=self.engine, audit=audit
+        )
+        self.upkeep = CatalogUpkeep(self.catalog)
 
-    def start(self) -> None:
-        """Schedule runs in the background (first adopting or requeueing what a previous process left)."""
+    def start(self, *, triggers: bool = True) -> None:
+        """Schedule runs in the background (first adopting or requeueing what a previous process left); with
+        ``triggers``, also start runs from product events, cron (when ``production.cron``) and run catalog
+        upkeep, as a server does (``refsys run`` drives the systematic trigger itself)."""
         self.engine.start()
+        if triggers:
+            self.systematic.start()
+            if self.settings.production.cron:
+                self.cron.start()
+            self.upkeep.start()
 
     def stop(self) -> None:
-        """Stop scheduling; running steps go on and the next start adopts them."""
+        """Stop scheduling and triggering; running steps go on and the next start adopts them."""
+        self.cron.stop()
+        self.upkeep.stop()
+        self.systematic.stop()
         self.engine.stop()

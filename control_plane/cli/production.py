@@ -38,7 +38,6 @@ from pipelines.engine import BadRunRequest, RunRequest
 from pipelines.engine.states import RUN_TERMINAL
 from pipelines.production import Production
 from pipelines.registry import ChainSpecError
-from pipelines.triggers.systematic import SystematicTrigger
 
 POLL_S = 0.25
 
@@ -103,14 +102,14 @@ def _run_local(config_file: Path | None, request: RunRequest, timeout_s: float) 
         production = Production(settings, engine, bus, open_trail(settings, engine))
     except ChainSpecError as exc:
         fail("; ".join(exc.problems), EXIT_USAGE)
-    trigger = SystematicTrigger(bus=bus, db=engine, registry=production.registry, engine=production.engine)
+    trigger = production.systematic
     started = clock.utcnow()
     try:
         try:
             first, _created = production.engine.submit(request, Actor.local_cli())
         except BadRunRequest as exc:
             fail(str(exc), EXIT_USAGE)
-        production.start()
+        production.start(triggers=False)  # this command drives the systematic trigger; no cron
         progress = _Progress()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -121,7 +120,6 @@ def _run_local(config_file: Path | None, request: RunRequest, timeout_s: float) 
         views = _followed(engine, first, started)
         return {"runs": [_summary(view) for view in views], "timed_out": not production.engine.idle()}
     finally:
-        trigger.stop()
         production.stop()
         bus.close()
         engine.dispose()

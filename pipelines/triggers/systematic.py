@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine as DbEngine
 
 from control_plane.core.audit.trail import Actor
-from control_plane.core.bus import Bus, BusError, Record, topics
+from control_plane.core.bus import Bus, BusError, Consumer, Record, topics
 from control_plane.core.clock import parse_rfc3339
 from pipelines import tables
 from pipelines.engine import Engine, RunRequest
@@ -60,7 +60,8 @@ class SystematicTrigger:
         self.db = db
         self.registry = registry
         self.engine = engine
-        self._consumer = bus.consumer(topics.PRODUCT_AVAILABLE, GROUP)
+        self._consumer: Consumer | None = None
+        """Joined on first use: a trigger that is built but never run holds no partitions of the group."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -119,17 +120,18 @@ class SystematicTrigger:
         never loops a worker. When the database or the bus fails instead, nothing after the last handled event
         is committed and the consumer rejoins, so those events come again once the outage is over.
         """
-        records = self._consumer.poll(max_records=100, timeout_s=timeout_s)
+        consumer = self._consumer or self._join()
+        records = consumer.poll(max_records=100, timeout_s=timeout_s)
         done: list[Record] = []
         try:
             for record in records:
                 self._handle_or_park(record)
                 done.append(record)
         except (sa.exc.DBAPIError, BusError):
-            self._rejoin()
+            self._leave()  # the next poll rejoins at the group's committed offsets
             raise
         finally:
-            if done:
+            if done and self._consumer is not None:
                 self._consumer.commit(done)
         return len(records)
 
@@ -153,10 +155,15 @@ class SystematicTrigger:
                     [{"kind": "product-event", "reason": str(exc)[:1024], "event": dict(record.value)}],
                 )
 
-    def _rejoin(self) -> None:
-        """Start again from the group's committed offsets (a consumer does not rewind by itself)."""
-        self._consumer.close()
+    def _join(self) -> Consumer:
         self._consumer = self.bus.consumer(topics.PRODUCT_AVAILABLE, GROUP)
+        return self._consumer
+
+    def _leave(self) -> None:
+        """Drop the consumer (it does not rewind by itself); joining again starts at the committed offsets."""
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="refsys-systematic-trigger", daemon=True)
@@ -166,7 +173,7 @@ class SystematicTrigger:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        self._consumer.close()
+        self._leave()
 
     def _run(self) -> None:
         while not self._stop.is_set():

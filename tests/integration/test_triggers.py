@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from control_plane.core.audit.trail import Actor
+from control_plane.core.audit.trail import Actor, AuditFilter
+from control_plane.core.auth.roles import Role
 from control_plane.core.bus import topics
 from pipelines import tables
 from pipelines.engine import RunRequest
-from pipelines.triggers.cron import CronTriggers
-from pipelines.triggers.reprocessing import CampaignError, CampaignRequest, Campaigns
-from pipelines.triggers.systematic import SystematicTrigger
+from pipelines.triggers.reprocessing import CampaignError, CampaignRequest
+from tests.apps import bearer, running_app
 from tests.integration.production_harness import Harness, chain_yaml, run_state, step, wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -59,9 +59,7 @@ def test_a_published_product_starts_the_chain_that_consumes_it_once(tmp_path: Pa
     harness = Harness(tmp_path, db_url)
     _upstream_and_downstream(harness)
     with harness.production() as (production, services):
-        trigger = SystematicTrigger(
-            bus=services.bus, db=services.engine, registry=production.registry, engine=production.engine
-        )
+        trigger = production.systematic
         try:
             up_run, _ = production.engine.submit(RunRequest(chain_id="up"), OPERATOR)
             assert production.engine.run_until_idle(120)
@@ -95,9 +93,7 @@ def test_a_poison_product_event_is_parked_after_its_attempts_and_the_next_one_is
     harness = Harness(tmp_path, db_url)
     _upstream_and_downstream(harness)
     with harness.production() as (production, services):
-        trigger = SystematicTrigger(
-            bus=services.bus, db=services.engine, registry=production.registry, engine=production.engine
-        )
+        trigger = production.systematic
         try:
             services.bus.publish(topics.PRODUCT_AVAILABLE, "T_A", [{"product_type": "T_A"}])  # no product_id
             delivered = tmp_path / "A_0001.dat"
@@ -137,7 +133,7 @@ def test_cron_firings_are_idempotent_per_minute_and_scheduled(tmp_path: Path) ->
         ).replace('"inputs"', '"triggers": {"cron": ["*/5 * * * *"]}, "inputs"'),
     )  # fmt: skip
     with harness.production() as (production, services):
-        cron = CronTriggers(registry=production.registry, engine=production.engine)
+        cron = production.cron
         [(chain, expression)] = cron.jobs()
         fired_at = datetime(2026, 11, 25, 10, 5, 0, tzinfo=UTC)
         first = cron.fire(chain, expression, fired_at)
@@ -182,10 +178,7 @@ def test_a_campaign_runs_throttled_while_nrt_runs_start_and_its_outputs_are_flag
             production.catalog.register_external(
                 path, product_type="T_IN", mission="S2", sensing_start=sensed + timedelta(hours=index), actor=OPERATOR
             )  # fmt: skip
-        campaigns = Campaigns(
-            settings=harness.settings, db=services.engine, registry=production.registry,
-            engine=production.engine, audit=services.audit,
-        )  # fmt: skip
+        campaigns = production.campaigns
         with pytest.raises(CampaignError, match="sensing_to is before"):
             campaigns.create(
                 CampaignRequest("reproc", sensing_from=sensed, sensing_to=sensed - timedelta(1)), OPERATOR
@@ -197,7 +190,7 @@ def test_a_campaign_runs_throttled_while_nrt_runs_start_and_its_outputs_are_flag
             OPERATOR,
         )
         assert created["runs"] == 50 and created["lane"] == "REPROCESSING"
-        production.start()
+        production.start(triggers=False)
         wait_for(lambda: _running(services, "REPROCESSING") > 0, "the campaign to start")
         nrt_run, _ = production.engine.submit(RunRequest(chain_id="nrt"), OPERATOR)
         wait_for(lambda: run_state(services, nrt_run) == "succeeded", "the NRT run", deadline_s=60)
@@ -255,3 +248,55 @@ def _trace_reprocessing_flags(services, chain: str) -> set[bool]:  # type: ignor
             sa.select(tables.trace_events.c.body).where(tables.trace_events.c.chain == chain)
         ).scalars()
         return {bool(body.get("reprocessing")) for body in bodies}
+
+
+def test_campaigns_over_http_are_opened_by_operators_and_followed(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, None)
+    harness.write_chain(
+        "reproc",
+        chain_yaml(
+            "reproc",
+            steps=[step("redo", args=harness.args(output="r.dat"))],
+            outputs=[{"product_type": "T_R", "step": "redo", "pattern": "*.dat", "timeliness": "NTC"}],
+            inputs=[{"product_type": "T_IN"}],
+        ),
+    )
+    with running_app(harness.settings) as (client, services):
+        catalog = client.app.state.production.catalog  # type: ignore[attr-defined]
+        sensed = datetime(2026, 11, 1, tzinfo=UTC)
+        ids = []
+        for index in range(3):
+            path = tmp_path / f"IN_{index}.dat"
+            path.write_text(str(index))
+            ids.append(
+                catalog.register_external(
+                    path, product_type="T_IN", mission="S2", sensing_start=sensed, actor=OPERATOR
+                ).id
+            )
+        operator = bearer(services, Role.OPERATOR)
+        body = {"chain": "reproc", "products": ids[:2], "baseline": "R7"}
+        assert (
+            client.post(
+                "/api/v1/reprocessing", json=body, headers=bearer(services, Role.OPS_MANAGER)
+            ).status_code
+            == 403
+        )
+        created = client.post("/api/v1/reprocessing", json=body, headers=operator)
+        assert created.status_code == 201, created.text
+        assert created.json()["runs"] == 2 and created.json()["lane"] == "REPROCESSING"
+        refused = client.post(
+            "/api/v1/reprocessing", json={"chain": "reproc", "products": ["nope"]}, headers=operator
+        )
+        assert refused.status_code == 422 and "unknown product 'nope'" in refused.json()["detail"]
+        assert refused.headers["content-type"] == "application/problem+json"
+        campaign = created.json()["id"]
+        done = wait_for(
+            lambda: (
+                (answer := client.get(f"/api/v1/reprocessing/{campaign}", headers=operator).json())["done"]
+                and answer
+            ),
+            "the campaign over HTTP",
+        )
+        assert done["runs"] == {"succeeded": 2} and done["baseline"] == "R7"
+        assert services.audit.list(AuditFilter(action="reprocessing.create"))[0]["target"] == campaign
+        assert client.get("/api/v1/reprocessing/unknown", headers=operator).status_code == 404
