@@ -46,6 +46,7 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
         demo_runner = _demo_runner(settings, telemetry) if demo else None
         if demo_runner is not None:
             demo_runner.start()
+            production.cron.fire_all()  # the bundled chains then go on with their cron triggers
         metrics_server = None
         if settings.metrics.port is not None:
             # In-cluster scraping without credentials, on a port kept off the public listener.

@@ -85,6 +85,16 @@ def test_make_run_on_a_fresh_copy(tmp_path: Path) -> None:
             }
             time.sleep(0.5)
         assert len(observers) >= 3, f"demo traffic did not arrive: {observers}"
+        # --demo runs the bundled chains on their cron triggers (each fired once at start): products appear.
+        deadline = time.monotonic() + 90
+        published: list[dict[str, object]] = []
+        while time.monotonic() < deadline and not published:
+            answer = httpx.get(f"{base}/api/v1/products", headers={"Authorization": f"Bearer {token}"})
+            published = answer.json()["items"]
+            time.sleep(1)
+        assert published, "the demo's production published nothing"
+        runs = httpx.get(f"{base}/api/v1/runs", headers={"Authorization": f"Bearer {token}"}).json()["items"]
+        assert {run["trigger"] for run in runs} >= {"cron"}
     finally:
         os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=60)
