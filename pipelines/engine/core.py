@@ -509,4 +509,3 @@ class Engine:
         """The run as the API shows it (``RunNotFound`` when unknown)."""
         with self.db.connect() as connection:
             return run_view(connection, run_id)
-
