@@ -448,9 +448,9 @@ class Engine:
         return started
 
     def _sweep(self) -> int:
-        """Nothing may stay stuck: promote steps whose needs succeeded, end runs whose steps have all ended."""
+        """Nothing may stay stuck: in running runs with no step queued or running, promote steps whose needs
+        succeeded, and end the runs where none could be (all ended, or the rest can never start)."""
         runs, run_steps = tables.runs, tables.run_steps
-        unfinished = (StepState.PENDING, StepState.QUEUED, StepState.RUNNING)
         with self.db.connect() as connection:
             running_ids = (
                 connection.execute(sa.select(runs.c.id).where(runs.c.state == RunState.RUNNING))
@@ -475,14 +475,10 @@ class Engine:
                 changed += self._fail_early(run_id, RunState.RUNNING, str(exc))
                 continue
             with self.db.begin() as connection:
-                changed += progress.promote(connection, self, run_id, now)
-                states = (
-                    connection.execute(sa.select(run_steps.c.state).where(run_steps.c.run_id == run_id))
-                    .scalars()
-                    .all()
-                )
-                if all(state not in unfinished for state in states):
-                    changed += progress.finish_run(connection, self, run_id, now)
+                promoted = progress.promote(connection, self, run_id, now)
+                if not promoted:
+                    changed += progress.finish_run(connection, self, run_id, now, stalled=True)
+                changed += promoted
         return changed
 
     def _chain_of(self, run_id: str) -> tuple[str, str]:

@@ -15,7 +15,7 @@ from pipelines.catalog import OutputContext
 from pipelines.engine import tracing
 from pipelines.engine.progress import MAX_REASON, finish_run, park, promote
 from pipelines.engine.runs import RunRow, load_run
-from pipelines.engine.states import STEP_TERMINAL, RunState, StepState, move_step
+from pipelines.engine.states import RunState, StepState, move_step
 from pipelines.executors.base import StepResult
 
 if TYPE_CHECKING:
@@ -73,6 +73,10 @@ def record_result(engine: Engine, result: StepResult) -> None:
     started = step_row.started_at or now
     duration_s = (now - started).total_seconds()
     outcome, reason = result.outcome, result.reason
+    if outcome == "cancelled" and run.state == RunState.RUNNING:
+        # Nobody here asked for it (a Job deleted by hand, a process killed from outside): a failed attempt,
+        # so retries and the parking lot apply instead of leaving its run unable to go on.
+        outcome, reason = "failed", f"cancelled outside refsys: {reason}"
     outputs: list[str] = []
     if outcome == "succeeded":
         try:
@@ -134,8 +138,8 @@ def _end_step(
             reason=None,
             **release,
         )
-        promote(connection, engine, run.id, now)
-        _finish_if_done(connection, engine, run.id, now)
+        if not promote(connection, engine, run.id, now):
+            finish_run(connection, engine, run.id, now)
         return
     if outcome == "cancelled":
         move_step(
@@ -149,7 +153,7 @@ def _end_step(
             reason=reason[:MAX_REASON],
             **release,
         )
-        _finish_if_done(connection, engine, run.id, now)
+        finish_run(connection, engine, run.id, now)
         return
     state = StepState.TIMED_OUT if outcome == "timed-out" else StepState.FAILED
     if attempt < step_row.max_attempts and run.state == RunState.RUNNING:
@@ -182,15 +186,6 @@ def _end_step(
     )
     if run.state == RunState.RUNNING:
         park(connection, engine, run.id, name, state, reason, now)
-
-
-def _finish_if_done(connection: sa.Connection, engine: Engine, run_id: str, now: datetime) -> None:
-    run_steps = tables.run_steps
-    states = (
-        connection.execute(sa.select(run_steps.c.state).where(run_steps.c.run_id == run_id)).scalars().all()
-    )
-    if all(state in STEP_TERMINAL for state in states):
-        finish_run(connection, engine, run_id, now)
 
 
 def _close_execution(

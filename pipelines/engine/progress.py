@@ -56,24 +56,31 @@ def cancel_unstarted(connection: sa.Connection, run_id: str) -> None:
     )
 
 
-def finish_run(connection: sa.Connection, engine: Engine, run_id: str, now: datetime) -> int:
+def finish_run(
+    connection: sa.Connection, engine: Engine, run_id: str, now: datetime, *, stalled: bool = False
+) -> int:
     """Give a running run its terminal state once it can go no further: parked when a step is out of
-    attempts, succeeded when every step succeeded, cancelled when the rest were cancelled."""
+    attempts, succeeded when every step succeeded, cancelled when the rest were cancelled. ``stalled``: no
+    step is queued or running and none could be made ready, so pending steps will never start either."""
     run_steps = tables.run_steps
     rows = connection.execute(
         sa.select(run_steps.c.name, run_steps.c.state, run_steps.c.reason).where(run_steps.c.run_id == run_id)
     ).all()
+    if stalled and any(row.state in (StepState.QUEUED, StepState.RUNNING) for row in rows):
+        return 0  # it moved on since the caller looked
     failed = [row for row in rows if row.state in (StepState.FAILED, StepState.TIMED_OUT)]
     if failed:
-        return int(
-            park(connection, engine, run_id, failed[0].name, failed[0].state, failed[0].reason or "", now)
-        )
-    if any(row.state not in STEP_TERMINAL for row in rows):
+        first = failed[0]
+        return int(park(connection, engine, run_id, first.name, first.state, first.reason or "", now))
+    unfinished = [row.name for row in rows if row.state not in STEP_TERMINAL]
+    if unfinished and not stalled:
         return 0
-    target = (
-        RunState.SUCCEEDED if all(row.state == StepState.SUCCEEDED for row in rows) else RunState.CANCELLED
+    if all(row.state == StepState.SUCCEEDED for row in rows):
+        return int(move_run(connection, run_id, RunState.RUNNING, RunState.SUCCEEDED, ended_at=now))
+    reason = "steps were cancelled" + (f"; {', '.join(unfinished)} can never start" if unfinished else "")
+    return int(
+        move_run(connection, run_id, RunState.RUNNING, RunState.CANCELLED, ended_at=now, reason=reason)
     )
-    return int(move_run(connection, run_id, RunState.RUNNING, target, ended_at=now))
 
 
 def park(

@@ -14,8 +14,12 @@ import sqlalchemy as sa
 from control_plane.core import clock
 from control_plane.core.audit.trail import Actor
 from control_plane.core.bus import topics
+from control_plane.core.services import open_services
 from pipelines import tables
 from pipelines.engine import ActionNotAllowed, RunRequest
+from pipelines.executors.base import Executor, StepLaunch, StepResult
+from pipelines.production import Production
+from tests.apps import prepare_database
 from tests.integration.production_harness import Harness, chain_yaml, run_state, step, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -185,3 +189,61 @@ def test_step_output_reaches_telemetry_as_ecs_logs_with_run_and_step_ids(tmp_pat
         assert (run_id, "only", "1", "stderr", "failing on purpose") in lines
         assert (run_id, "only", "2", "stdout", "step only attempt 2 starts") in lines
         assert all(d["event"]["id"] and d["@timestamp"] for d in docs)
+
+
+class ScriptedExecutor(Executor):
+    """An executor double that ends each execution with the next scripted outcome (the real ones are tested
+    elsewhere; this one reports what they rarely do, such as a cancellation nobody asked for)."""
+
+    name = "scripted"
+
+    def __init__(self, outcomes: list[str], output_dir: Path) -> None:
+        self.outcomes = outcomes
+        self.output_dir = output_dir
+        self.ended: list[StepResult] = []
+        self.cancelled: list[tuple[str, str, int]] = []
+
+    def start(self, launch: StepLaunch) -> str:
+        outcome = self.outcomes.pop(0)
+        self.ended.append(
+            StepResult(
+                launch.run_id, launch.step, launch.attempt, outcome, 0, f"scripted {outcome}", self.output_dir
+            )  # type: ignore[arg-type]
+        )
+        return f"scripted-{launch.attempt}"
+
+    def adopt(self, launch: StepLaunch, ref: str | None) -> bool:
+        return False
+
+    def poll(self) -> list[StepResult]:
+        ended, self.ended = self.ended, []
+        return ended
+
+    def cancel(self, run_id: str, step: str, attempt: int) -> None:
+        self.cancelled.append((run_id, step, attempt))
+
+
+def test_a_cancellation_nobody_asked_for_is_a_failed_attempt_and_is_retried(
+    tmp_path: Path, db_url: str
+) -> None:
+    harness = Harness(tmp_path, db_url)
+    harness.write_chain("ext", chain_yaml("ext", steps=[step("only", args=[], attempts=2)], outputs=OUT))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x.dat").write_text("x")
+    executor = ScriptedExecutor(["cancelled", "succeeded"], out)
+    prepare_database(harness.settings)
+    services = open_services(harness.settings)
+    production = Production(
+        harness.settings, services.engine, services.bus, services.audit, executor=executor
+    )
+    try:
+        run_id, _ = production.engine.submit(RunRequest(chain_id="ext"), OPERATOR)
+        assert production.engine.run_until_idle(60)
+        view = production.engine.describe(run_id)
+        assert view["state"] == "succeeded"
+        assert [a["outcome"] for a in view["steps"][0]["attempts"]] == ["failed", "succeeded"]
+        assert executor.cancelled == []
+    finally:
+        production.stop()
+        services.close()
