@@ -45,6 +45,7 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -68,11 +69,15 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 GROUP_GONE_TIMEOUT_S = 30.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _PACKAGE_ROOT = Path(pipelines.__file__).resolve().parent.parent
+_HERE = str(Path(files.__file__).resolve().parent)
 _SUPERVISOR_BOOT = (
-    f"import sys; sys.path.insert(0, {str(Path(files.__file__).resolve().parent)!r}); "
-    "from local_supervisor import main; sys.exit(main())"
+    f"import sys; sys.path.insert(0, {_HERE!r}); from local_supervisor import main; sys.exit(main())"
 )
 """Runs the supervisor by path under ``python -S -E`` (see ``local_supervisor``: it must start fast)."""
+_FORKSERVER_BOOT = (
+    f"import sys; sys.path.insert(0, {_HERE!r}); from local_forkserver import serve; sys.exit(serve())"
+)
+"""Runs the fork server the same way (see ``local_forkserver``)."""
 
 Key = tuple[str, str, int]
 
@@ -84,6 +89,8 @@ class _Execution:
     logs: ExecutionLogs
     child: int | None = None
     """The supervisor's pid when this process started it (to reap it, and to know it is still booting)."""
+    forked: tuple[int, int] | None = None
+    """The supervisor's pid and start time when the fork server started it (to know it is still booting)."""
 
     @property
     def output_dir(self) -> Path:
@@ -101,7 +108,13 @@ class LocalExecutor(Executor):
     name = "local"
 
     def __init__(
-        self, settings: Settings, on_log: LogSink, *, kill_grace_s: float = 5.0, log_poll_s: float = 0.2
+        self,
+        settings: Settings,
+        on_log: LogSink,
+        *,
+        kill_grace_s: float = 5.0,
+        log_poll_s: float = 0.2,
+        use_forkserver: bool = True,
     ) -> None:
         self._root = settings.work_dir
         self._limits = settings.production.local
@@ -115,6 +128,8 @@ class LocalExecutor(Executor):
         self._exiting: list[int] = []
         """Supervisors whose result was delivered before they exited: reaped by later polls."""
         self._ended_since_checkpoint: list[_Execution] = []
+        self._use_forkserver = use_forkserver
+        self._forkserver = _ForkServer(self._supervisor_env())
 
     # -- the Executor interface
 
@@ -131,7 +146,11 @@ class LocalExecutor(Executor):
         # Started before (by this process before a crash, or by one that died): a supervisor may be booting
         # still, or never have been spawned. Spawning one more is safe: of two, only one claims the execution.
         if claimed or not (execution.dir / files.SUPERVISOR).exists():
-            execution.child = self._spawn_supervisor(execution.dir)
+            forked = self._forkserver.fork(execution.dir) if self._use_forkserver else None
+            if forked is not None:
+                execution.forked = forked
+            else:
+                execution.child = self._spawn_supervisor(execution.dir)
         self._watch(execution)
         return launch.execution_id
 
@@ -213,6 +232,7 @@ class LocalExecutor(Executor):
         return save
 
     def close(self) -> None:
+        self._forkserver.close()
         self._stop.set()
         if self._tailer is not None:
             self._tailer.join()
@@ -274,12 +294,11 @@ class LocalExecutor(Executor):
         ``posix_spawn`` in a new session (the control plane's death spares it); the supervisor closes every
         descriptor it inherits beyond stdin/stdout/stderr itself.
         """
-        env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
         append = os.O_WRONLY | os.O_CREAT | os.O_APPEND
         return os.posix_spawn(
             sys.executable,
             [sys.executable, "-S", "-E", "-c", _SUPERVISOR_BOOT, str(exec_dir)],
-            env,
+            self._supervisor_env(),
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_OPEN, 1, str(exec_dir / SUPERVISOR_LOG), append, 0o600),
@@ -287,6 +306,10 @@ class LocalExecutor(Executor):
             ],
             setsid=True,
         )
+
+    @staticmethod
+    def _supervisor_env() -> dict[str, str]:
+        return {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
 
     def _watch(self, execution: _Execution) -> None:
         execution.logs.resume()
@@ -299,6 +322,11 @@ class LocalExecutor(Executor):
                 self._tailer.start()
 
     def _supervisor_alive(self, execution: _Execution) -> bool:
+        if execution.forked is not None:
+            pid, start_time = execution.forked
+            if files.process_start_time(pid) == start_time:
+                return True  # forked for us and running, maybe not claimed yet
+            execution.forked = None
         if execution.child is not None:
             if _running_child(execution.child):
                 return True  # ours and running, maybe not claimed yet
@@ -374,6 +402,60 @@ class LocalExecutor(Executor):
                     execution.logs.forward(final=False)
                 except OSError:  # e.g. its directory removed by hand; poll() reports it
                     log.exception("tailing the logs of %s failed", execution.dir)
+
+
+class _ForkServer:
+    """The executor's end of ``local_forkserver``: started on first use, restarted when it died; ``fork``
+    answers None whenever it cannot be used, and the executor spawns the supervisor itself instead."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self._env = env
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    def fork(self, exec_dir: Path) -> tuple[int, int] | None:
+        with self._lock:
+            try:
+                process = self._running()
+                assert process.stdin is not None and process.stdout is not None
+                process.stdin.write(f"{exec_dir}\n".encode())
+                process.stdin.flush()
+                answer = process.stdout.readline().split()
+                pid, start_time = int(answer[0]), int(answer[1])
+            except (OSError, ValueError, IndexError) as error:
+                log.warning("fork server unusable (%s): spawning supervisors directly", error)
+                self._shut()
+                return None
+            return pid, start_time
+
+    def _running(self) -> subprocess.Popen[bytes]:
+        if self._process is None or self._process.poll() is not None:
+            self._process = subprocess.Popen(
+                [sys.executable, "-S", "-E", "-c", _FORKSERVER_BOOT],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=self._env,
+                start_new_session=True,  # outlives a SIGKILLed control plane just long enough to see EOF
+                close_fds=True,
+            )
+        return self._process
+
+    def _shut(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._process is not None:
+                assert self._process.stdin is not None
+                self._process.stdin.close()
+                try:
+                    self._process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self._shut()
+                self._process = None
 
 
 def _running_child(pid: int) -> bool:

@@ -270,6 +270,8 @@ class Supervisor:
         for source, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
             os.dup2(source, target)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        for ignored_by_python in (signal.SIGPIPE, signal.SIGXFSZ):  # a step gets the defaults a shell gives
+            signal.signal(ignored_by_python, signal.SIG_DFL)
         command = self.launch["command"]
         os.execvpe(command[0], command, self.launch["env"])  # noqa: S606 - the processor table's command, no shell
 

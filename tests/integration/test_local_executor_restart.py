@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from control_plane.core.config import ProcessorSettings, Settings
+from pipelines.executors import local
 from pipelines.executors.base import StepLaunch, StepResult
 from pipelines.executors.local import LocalExecutor
 from pipelines.spec import Resources
@@ -68,6 +69,7 @@ def control_plane(data_dir: str, mode: str) -> None:
 
     if mode == "crash-before-spawn":
         LocalExecutor._spawn_supervisor = lambda self, exec_dir: os.kill(os.getpid(), signal.SIGKILL)  # type: ignore[method-assign,assignment,return-value]
+        local._ForkServer.fork = lambda self, exec_dir: os.kill(os.getpid(), signal.SIGKILL)  # type: ignore[method-assign,assignment,return-value]
     executor = LocalExecutor(Settings(data_dir=data), on_log, log_poll_s=0.02)
     launch = make_launch(data)
     executor.start(launch)

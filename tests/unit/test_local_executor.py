@@ -457,3 +457,60 @@ def test_an_execution_whose_directory_was_removed_by_hand_is_reported_lost(
 
 def test_adopt_knows_nothing_of_an_execution_never_started(executor: LocalExecutor) -> None:
     assert executor.adopt(make_launch("pass"), None) is False
+
+
+# -- the fork server
+
+
+def _forkserver_pids() -> set[int]:
+    """Fork servers this process started (its forked supervisors share the command line, not the parent)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+                if ppid == os.getpid() and b"local_forkserver" in (entry / "cmdline").read_bytes():
+                    found.add(int(entry.name))
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def test_supervisors_are_forked_by_one_fork_server_that_leaves_with_the_executor(
+    settings: Settings, sink: Sink
+) -> None:
+    before = _forkserver_pids()
+    executor = LocalExecutor(settings, sink)
+    try:
+        launches = [make_launch("print('hello')", step=f"s{index}") for index in range(3)]
+        for launch in launches:
+            executor.start(launch)
+        servers = _forkserver_pids() - before
+        assert len(servers) == 1  # one warm server for every execution
+        results: dict[str, StepResult] = {}
+
+        def all_ended() -> bool:
+            results.update((result.step, result) for result in executor.poll())
+            return len(results) == len(launches)
+
+        wait_for(all_ended, "three results")
+        assert {result.outcome for result in results.values()} == {"succeeded"}
+        for launch in launches:
+            supervisor = (exec_dir(settings, launch) / "supervisor.json").read_text()
+            assert '"pid"' in supervisor  # the forked supervisor claimed its execution as a spawned one does
+    finally:
+        executor.close()
+    wait_for(lambda: not (_forkserver_pids() - before), "the fork server to exit with its executor")
+
+
+def test_without_a_fork_server_supervisors_are_spawned_directly(settings: Settings, sink: Sink) -> None:
+    executor = LocalExecutor(settings, sink, use_forkserver=False)
+    try:
+        launch = make_launch("print('direct')")
+        before = _forkserver_pids()
+        executor.start(launch)
+        assert _forkserver_pids() == before
+        assert wait_result(executor, launch).outcome == "succeeded"
+    finally:
+        executor.close()
