@@ -369,7 +369,7 @@ class Engine:
                         run.state,
                         RunState.QUEUED,
                         wait_until=None,
-                        reason=f"started without missing inputs after the wait: {described}",
+                        reason=f"started after its wait for inputs without: {described}",
                     )
                 )
         wait_until = min(deadline for _spec, deadline, _n in deadlines if deadline > now)

@@ -14,7 +14,7 @@ from pipelines import tables
 from pipelines.catalog import OutputContext
 from pipelines.engine import tracing
 from pipelines.engine.progress import MAX_REASON, finish_run, park, promote
-from pipelines.engine.runs import RunRow, load_run
+from pipelines.engine.runs import RunRow, load_run, published_by
 from pipelines.engine.states import RunState, StepState, move_step
 from pipelines.executors.base import StepResult
 
@@ -229,7 +229,7 @@ def _publish(engine: Engine, run: RunRow, result: StepResult, started: datetime)
         mission=run.mission,
         baseline=run.baseline,
         reprocessing=run.reprocessing,
-        inputs=list(run.inputs),
+        inputs=[*run.inputs, *published_by(engine.db, run.id, chain.step(result.step).needs)],
         t0=run.t0,
     )
     published = engine.catalog.publish_outputs(

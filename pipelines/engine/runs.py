@@ -156,3 +156,22 @@ def list_runs(
 def _public_run(row: dict[str, Any]) -> dict[str, Any]:
     row["chain"] = row.pop("chain_id")
     return row
+
+
+def published_by(db: sa.Engine, run_id: str, steps: list[str]) -> list[str]:
+    """Products the steps a step ``needs`` published in the same run: a DAG's steps feed each other through the
+    catalog (L0 -> L1 -> L2), so a quarantined intermediate product never reaches the next step, and each
+    product's lineage names the products it was made from."""
+    if not steps:
+        return []
+    products = tables.products
+    with db.connect() as connection:
+        return list(
+            connection.execute(
+                sa.select(products.c.id)
+                .where(
+                    products.c.run_id == run_id, products.c.step.in_(steps), products.c.state == "published"
+                )
+                .order_by(products.c.created_at, products.c.id)
+            ).scalars()
+        )

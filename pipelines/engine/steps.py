@@ -17,7 +17,7 @@ from pipelines import tables
 from pipelines.engine import tracing
 from pipelines.engine.endings import record_result
 from pipelines.engine.progress import MAX_REASON, park
-from pipelines.engine.runs import RunRow, load_run
+from pipelines.engine.runs import RunRow, load_run, published_by
 from pipelines.engine.slots import allocate
 from pipelines.engine.states import RunState, StepState, claim_step, move_step
 from pipelines.engine.templates import effective_parameters, render_step
@@ -80,7 +80,10 @@ def build_launch(engine: Engine, run: RunRow, step_name: str, attempt: int) -> S
     chain = engine.chain(run.chain_id, run.chain_version)
     step = chain.step(step_name)
     processor = resolve_processor(engine.settings, step.processor)
-    input_paths = [str(engine.catalog.path_of(product_id)) for product_id in run.inputs]
+    input_paths = [
+        str(engine.catalog.path_of(product_id))
+        for product_id in [*run.inputs, *published_by(engine.db, run.id, step.needs)]
+    ]
     args, env = render_step(
         step, parameters=effective_parameters(chain, run.parameters), run_id=run.id, input_paths=input_paths
     )

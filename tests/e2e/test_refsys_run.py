@@ -54,3 +54,20 @@ def test_refsys_run_s2_l1c_publishes_and_l2a_follows_by_itself(tmp_path: Path) -
     assert by_run[l2a["id"]] == {"BEGIN", "END", "PUBLISHED"}
     published = [t for t in traces if t.event == "PUBLISHED" and t.run_id == l2a["id"]]
     assert published[0].body["t0"] is not None and published[0].body["inputs"]
+
+
+def test_the_bundled_s1_chain_feeds_each_step_the_products_of_the_step_it_needs(tmp_path: Path) -> None:
+    done = run_refsys("run", "s1", "--param", "duration_s=0.2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [run] = json.loads(done.stdout)["runs"]
+    assert run["state"] == "succeeded" and len(run["products"]) == 3
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'var' / 'refsys.db'}")
+    try:
+        with engine.connect() as connection:
+            products = {row.step: row for row in connection.execute(sa.select(tables.products))}
+    finally:
+        engine.dispose()
+    level0, level1, level2 = products["l0"], products["l1"], products["l2"]
+    assert "_IW_RAW__0S" in level0.name and "_IW_GRDH_1S" in level1.name and "_IW_OCN__2S" in level2.name
+    # Lineage through the DAG: L1 was made from the L0 of the same run, L2 from the L1.
+    assert level1.inputs == [level0.id] and level2.inputs == [level1.id]
