@@ -236,6 +236,10 @@ class LocalExecutorSettings(_Section):
     """RLIMIT_NOFILE of a step's process."""
 
 
+_CLAIM_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+"""A PersistentVolumeClaim name (DNS-1123 subdomain)."""
+
+
 class KubernetesExecutorSettings(_Section):
     namespace: str = "refsys-production"
     """Namespace the step Jobs are created in."""
@@ -247,6 +251,21 @@ class KubernetesExecutorSettings(_Section):
     """Full relist of Jobs this often, whatever the watch said."""
     image_pull_secret: str | None = None
     """Image pull secret of step Pods."""
+    work_claim: str | None = Field(None, pattern=_CLAIM_NAME, max_length=253)
+    """PersistentVolumeClaim (shared, ReadWriteMany) a step Pod writes its outputs to: its `RUN/STEP/ATTEMPT/out`
+    is the Pod's /work/out. Set with work_mount, or steps with outputs cannot publish."""
+    work_mount: Path | None = None
+    """Where the control plane sees work_claim's volume: it publishes a step's outputs from
+    `work_mount/RUN/STEP/ATTEMPT/out`."""
+    products_claim: str | None = Field(None, pattern=_CLAIM_NAME, max_length=253)
+    """PersistentVolumeClaim of the catalog storage (its root is production.catalog.storage_dir): each input
+    product of a step is mounted from it read-only at /work/in/NAME. Unset: steps with inputs cannot start."""
+
+    @model_validator(mode="after")
+    def _work_claim_and_mount_together(self) -> KubernetesExecutorSettings:
+        if (self.work_claim is None) != (self.work_mount is None):
+            raise ValueError("work_claim and work_mount: set both (the same volume, seen by Pods and refsys)")
+        return self
 
 
 class CatalogSettings(_Section):

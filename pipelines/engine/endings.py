@@ -221,7 +221,10 @@ def _publish(engine: Engine, run: RunRow, result: StepResult, started: datetime)
     if not outputs:
         return []
     if result.output_dir is None:
-        raise RuntimeError("the executor handed over no output directory")
+        raise RuntimeError(
+            "the executor handed over no output directory (on Kubernetes: set production.kubernetes.work_claim "
+            "and production.kubernetes.work_mount)"
+        )
     context = OutputContext(
         run_id=run.id,
         chain_id=run.chain_id,

@@ -4,8 +4,16 @@ Kept apart from the executor so that the manifest can be built and validated off
 in the tests) without a cluster or an API client. The Pod follows the *restricted* Pod Security Standard: it
 runs as a fixed non-root user, with the RuntimeDefault seccomp profile, every capability dropped, no privilege
 escalation and a read-only root filesystem; the only writable places are one size-limited emptyDir volume
-mounted as the working directory (with ``in/`` and ``out/``) and as ``/tmp``. It gets no service-account token:
-a processor has no business talking to the Kubernetes API.
+mounted as the working directory (with ``in/`` and ``out/``) and as ``/tmp``, and the output directory on the
+shared work volume when one is configured. It gets no service-account token: a processor has no business
+talking to the Kubernetes API.
+
+Staging goes through shared volumes (one NFS/CephFS filesystem mounted by the control plane and the Jobs), so
+nothing is copied: ``out/`` is the subPath ``RUN/STEP/ATTEMPT/out`` of ``production.kubernetes.work_claim``,
+which the control plane reads under ``work_mount`` to publish; each input product is the subPath of its file
+on ``products_claim`` (the catalog storage), mounted read-only at ``in/NAME``, so the Pod sees its own inputs
+and nothing else of the catalog. Arguments and environment values naming an input by its control-plane path
+(``{inputs}``) name it by its path in the Pod instead.
 
 The Job never retries by itself (``backoffLimit: 0``): the engine owns retries, with backoff, and counts them.
 Its ``podFailurePolicy`` only ignores a Pod that was disrupted (preempted by a higher lane's PriorityClass,
@@ -15,7 +23,9 @@ evicted, drained), so such a Pod is replaced without spending one of the engine'
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from control_plane.core.config import Settings
@@ -43,6 +53,10 @@ INPUT_DIR = f"{WORK_DIR}/in"
 OUTPUT_DIR = f"{WORK_DIR}/out"
 TMP_DIR = "/tmp"  # noqa: S108 - inside the Pod, on the Pod's own emptyDir volume
 WORK_VOLUME = "work"
+OUTPUT_VOLUME = "outputs"
+"""The shared work volume (``production.kubernetes.work_claim``), when configured."""
+PRODUCTS_VOLUME = "products"
+"""The catalog storage (``production.kubernetes.products_claim``), read-only, when configured."""
 PYTHON_IN_IMAGE = "python3"
 """What ``{python}`` in a processor's command means inside its image."""
 
@@ -95,7 +109,8 @@ def mib_quantity(mib: int) -> str:
 
 
 def build_job(launch: StepLaunch, settings: Settings) -> dict[str, Any]:
-    """The Job manifest of ``launch``; raises ManifestError when its processor has no image."""
+    """The Job manifest of ``launch``; raises ManifestError when its processor has no image or its inputs
+    cannot be mounted (see ``pod_inputs``)."""
     processor = launch.processor
     if not processor.image:
         raise ManifestError(
@@ -103,6 +118,7 @@ def build_job(launch: StepLaunch, settings: Settings) -> dict[str, Any]:
             "(the Kubernetes executor runs images, not local commands)"
         )
     k8s = settings.production.kubernetes
+    inputs = pod_inputs(launch, settings)
     labels = job_labels(launch)
     resources = {
         "cpu": cpu_quantity(launch.resources.cpu),
@@ -113,19 +129,14 @@ def build_job(launch: StepLaunch, settings: Settings) -> dict[str, Any]:
         "name": CONTAINER,
         "image": processor.image,
         "imagePullPolicy": "IfNotPresent",
-        "args": list(launch.args),
-        "env": _env(launch),
+        "args": [_to_pod_paths(arg, inputs) for arg in launch.args],
+        "env": _env(launch, inputs),
         "workingDir": WORK_DIR,
         # Requests equal limits: the Pod is in the Guaranteed QoS class, and a step measured locally with
         # these figures behaves the same on a node.
         "resources": {"requests": resources, "limits": dict(resources)},
         "securityContext": _container_security_context(),
-        "volumeMounts": [
-            {"name": WORK_VOLUME, "mountPath": WORK_DIR, "subPath": "work"},
-            {"name": WORK_VOLUME, "mountPath": INPUT_DIR, "subPath": "in"},
-            {"name": WORK_VOLUME, "mountPath": OUTPUT_DIR, "subPath": "out"},
-            {"name": WORK_VOLUME, "mountPath": TMP_DIR, "subPath": "tmp"},
-        ],
+        "volumeMounts": _volume_mounts(launch, settings, inputs),
     }
     if processor.command:
         container["command"] = [PYTHON_IN_IMAGE if part == "{python}" else part for part in processor.command]
@@ -135,9 +146,7 @@ def build_job(launch: StepLaunch, settings: Settings) -> dict[str, Any]:
         "enableServiceLinks": False,
         "securityContext": _pod_security_context(),
         "containers": [container],
-        "volumes": [
-            {"name": WORK_VOLUME, "emptyDir": {"sizeLimit": mib_quantity(launch.resources.ephemeral_mib)}}
-        ],
+        "volumes": _volumes(launch, settings, inputs),
     }
     priority_class = launch.priority_class or _lane_priority_class(settings, launch.lane)
     if priority_class:
@@ -175,9 +184,98 @@ def build_job(launch: StepLaunch, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _env(launch: StepLaunch) -> list[dict[str, str]]:
+def execution_subpath(run_id: str, step: str, attempt: int) -> str:
+    """The execution's directory on the shared work volume, relative to its root (step names are plain
+    names: ``pipelines.spec.NAME``)."""
+    return f"{run_id}/{step}/{attempt}"
+
+
+def output_subpath(run_id: str, step: str, attempt: int) -> str:
+    """The execution's output directory on the shared work volume (the Pod's ``/work/out``)."""
+    return f"{execution_subpath(run_id, step, attempt)}/out"
+
+
+def pod_inputs(launch: StepLaunch, settings: Settings) -> dict[str, tuple[str, str]]:
+    """Each input's control-plane path -> (its subPath on the products claim, its path in the Pod); raises
+    ManifestError for an input the Pod cannot be given (no products claim, outside the catalog storage, two
+    inputs of the same name)."""
+    if not launch.input_paths:
+        return {}
+    if settings.production.kubernetes.products_claim is None:
+        raise ManifestError(
+            f"step {launch.step}: {len(launch.input_paths)} input product(s) but "
+            "production.kubernetes.products_claim is not set (the Pod cannot see the catalog storage)"
+        )
+    root = Path(os.path.normpath(settings.products_dir))
+    inputs: dict[str, tuple[str, str]] = {}
+    in_pod: set[str] = set()
+    for local in launch.input_paths:
+        path = Path(os.path.normpath(local))
+        if path == root or not path.is_relative_to(root):
+            raise ManifestError(
+                f"step {launch.step}: input {local} is not under production.catalog.storage_dir ({root}), "
+                "the root of production.kubernetes.products_claim"
+            )
+        target = f"{INPUT_DIR}/{path.name}"
+        if target in in_pod:
+            raise ManifestError(f"step {launch.step}: two inputs named {path.name} (both would be {target})")
+        in_pod.add(target)
+        inputs[local] = (PurePosixPath(path.relative_to(root)).as_posix(), target)
+    return inputs
+
+
+def _to_pod_paths(text: str, inputs: dict[str, tuple[str, str]]) -> str:
+    """``text`` with every input's control-plane path replaced by its path in the Pod (longest first, so a
+    path that is a prefix of another one does not cut it)."""
+    for local in sorted(inputs, key=len, reverse=True):
+        text = text.replace(local, inputs[local][1])
+    return text
+
+
+def _volume_mounts(
+    launch: StepLaunch, settings: Settings, inputs: dict[str, tuple[str, str]]
+) -> list[dict[str, Any]]:
+    shared_out = settings.production.kubernetes.work_claim is not None
+    mounts: list[dict[str, Any]] = [
+        {"name": WORK_VOLUME, "mountPath": WORK_DIR, "subPath": "work"},
+        {"name": WORK_VOLUME, "mountPath": INPUT_DIR, "subPath": "in"},
+        {
+            "name": OUTPUT_VOLUME if shared_out else WORK_VOLUME,
+            "mountPath": OUTPUT_DIR,
+            "subPath": output_subpath(launch.run_id, launch.step, launch.attempt) if shared_out else "out",
+        },
+        {"name": WORK_VOLUME, "mountPath": TMP_DIR, "subPath": "tmp"},
+    ]
+    mounts.extend(
+        {"name": PRODUCTS_VOLUME, "mountPath": target, "subPath": subpath, "readOnly": True}
+        for subpath, target in inputs.values()
+    )
+    return mounts
+
+
+def _volumes(
+    launch: StepLaunch, settings: Settings, inputs: dict[str, tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """The emptyDir, then the claims the mounts use (a claim mounted nowhere is not asked for)."""
+    k8s = settings.production.kubernetes
+    volumes: list[dict[str, Any]] = [
+        {"name": WORK_VOLUME, "emptyDir": {"sizeLimit": mib_quantity(launch.resources.ephemeral_mib)}}
+    ]
+    if k8s.work_claim is not None:
+        volumes.append({"name": OUTPUT_VOLUME, "persistentVolumeClaim": {"claimName": k8s.work_claim}})
+    if inputs:  # pod_inputs refused inputs without a products claim
+        volumes.append(
+            {
+                "name": PRODUCTS_VOLUME,
+                "persistentVolumeClaim": {"claimName": k8s.products_claim, "readOnly": True},
+            }
+        )
+    return volumes
+
+
+def _env(launch: StepLaunch, inputs: dict[str, tuple[str, str]]) -> list[dict[str, str]]:
     """The step's own variables, then refsys's (which win: a chain cannot redirect the output directory)."""
-    env = dict(launch.env)
+    env = {name: _to_pod_paths(value, inputs) for name, value in launch.env.items()}
     env.update(
         {
             "REFSYS_RUN_ID": launch.run_id,

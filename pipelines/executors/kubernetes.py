@@ -20,6 +20,12 @@ this process. ``poll`` hands the outcome to the engine, which saves it; then ``t
 patched onto the Job, which the TTL controller deletes that many seconds later. A control plane killed between
 the two finds the Job again on ``adopt`` (the TTL window is the margin).
 
+Staging (see ``k8s_manifests``): with ``work_claim``/``work_mount`` set, ``start`` creates the execution's
+output directory on the shared volume before the Job (mode 2775: group-writable and group-inheriting, so a
+Pod running as 65532 writes to it when the control plane runs as that user or the volume's root directory
+belongs to group 65532 with the setgid bit), and every result carries it as ``output_dir``. Without them the
+result has none, and the engine refuses to publish a step with outputs, naming the two settings.
+
 RBAC the control plane's identity needs in the namespace: ``batch/jobs``: create, get, list, watch, patch,
 delete; ``pods``: list; ``pods/log``: get.
 """
@@ -30,12 +36,14 @@ import contextlib
 import json
 import logging
 import math
+import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import urllib3
@@ -58,6 +66,8 @@ ERROR_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 """Waits before listing again after consecutive API failures (the last one repeats)."""
 REMEMBERED_EXECUTIONS = 10_000
 """Executions known at most (ended ones, oldest first, are forgotten beyond it)."""
+OUTPUT_DIR_MODE = 0o2775
+"""Mode of an execution's output directory on the shared work volume (see the module docstring)."""
 _FINAL_CONDITIONS = ("Complete", "Failed")
 
 
@@ -117,6 +127,7 @@ class KubernetesExecutor(Executor):
         """Create the Job; one that already exists (409) is this execution's, started before: it is kept."""
         manifest = manifests.build_job(launch, self._settings)
         name: str = manifest["metadata"]["name"]
+        self._make_output_dir(launch)
         try:
             self._batch.create_namespaced_job(
                 self._config.namespace,
@@ -131,6 +142,27 @@ class KubernetesExecutor(Executor):
             raise KubernetesExecutorError(f"creating Job {name}: {exc}") from exc
         self._track(launch.run_id, launch.step, launch.attempt, name)
         return name
+
+    def _make_output_dir(self, launch: StepLaunch) -> None:
+        """Create the execution's output directory on the shared work volume (when there is one) before its
+        Pod mounts it: a subPath the kubelet had to create would belong to root."""
+        output_dir = self._output_dir(launch.run_id, launch.step, launch.attempt)
+        if output_dir is None:
+            return
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(output_dir, OUTPUT_DIR_MODE)  # exactly, whatever the umask
+        except OSError as exc:
+            raise KubernetesExecutorError(
+                f"creating the output directory of {launch.execution_id} under production.kubernetes.work_mount: "
+                f"{exc}"
+            ) from exc
+
+    def _output_dir(self, run_id: str, step: str, attempt: int) -> Path | None:
+        """Where the control plane sees the execution's ``/work/out``; None without a shared work volume."""
+        if self._config.work_mount is None:
+            return None
+        return self._config.work_mount / manifests.output_subpath(run_id, step, attempt)
 
     def adopt(self, launch: StepLaunch, ref: str | None) -> bool:
         name = ref or manifests.job_name(launch.run_id, launch.step, launch.attempt)
@@ -260,6 +292,7 @@ class KubernetesExecutor(Executor):
                     outcome=outcome,
                     exit_code=exit_code,
                     reason=reason,
+                    output_dir=self._output_dir(execution.run_id, execution.step, execution.attempt),
                 )
             )
 

@@ -29,7 +29,7 @@ from kubernetes import client
 from control_plane.core.config import Settings
 from pipelines.executors import k8s_manifests as manifests
 from pipelines.executors.base import StepLaunch, StepResult
-from pipelines.executors.kubernetes import LOG_STREAM, KubernetesExecutor
+from pipelines.executors.kubernetes import LOG_STREAM, OUTPUT_DIR_MODE, KubernetesExecutor
 from pipelines.spec import Resources
 
 NAMESPACE = "refsys-test"
@@ -146,7 +146,9 @@ def settings(tmp_path: Path, **kubernetes: Any) -> Settings:
     )
 
 
-def launch(tmp_path: Path, *, step: str = "decode", attempt: int = 1) -> StepLaunch:
+def launch(
+    tmp_path: Path, *, step: str = "decode", attempt: int = 1, input_paths: list[str] | None = None
+) -> StepLaunch:
     config = settings(tmp_path)
     return StepLaunch(
         run_id=RUN_ID,
@@ -161,6 +163,7 @@ def launch(tmp_path: Path, *, step: str = "decode", attempt: int = 1) -> StepLau
         env={},
         resources=Resources(),
         timeout_s=600,
+        input_paths=input_paths or [],
     )
 
 
@@ -227,6 +230,7 @@ async def test_watch_reports_success_and_streams_the_log(
     await cluster.complete(name)
     result = await results.first()
     assert (result.outcome, result.exit_code, result.reason) == ("succeeded", 0, "Complete")
+    assert result.output_dir is None  # no shared work volume configured: nothing to publish from
 
     # Once handed over, the Job gets its TTL (and not before).
     patched = await eventually(lambda: cluster.job(name)["spec"].get("ttlSecondsAfterFinished"), "the TTL")
@@ -384,3 +388,54 @@ async def test_a_restarted_control_plane_adopts_jobs_by_name(
     result = await results.first()
     assert (result.run_id, result.step, result.attempt, result.outcome) == (RUN_ID, "decode", 1, "succeeded")
     assert await asyncio.to_thread(after.adopt, launch(tmp_path, attempt=2), None) is False
+
+
+@pytest.mark.asyncio
+async def test_shared_work_volume_hands_over_the_output_directory(
+    cluster: Cluster, make_executor: Any, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    staging = {"work_claim": "refsys-work", "work_mount": str(shared), "products_claim": "refsys-products"}
+    executor, _ = make_executor(**staging)
+    results = Results(executor)
+    raw = tmp_path / "products" / "S1" / "RAW" / "S1A_IW_RAW__0SDV.SAFE.zip"
+    name = await asyncio.to_thread(executor.start, launch(tmp_path, input_paths=[str(raw)]))
+
+    # The output directory exists before the Pod mounts it, writable by the Pod's group.
+    output_dir = shared / RUN_ID / "decode" / "1" / "out"
+    assert output_dir.is_dir()
+    assert output_dir.stat().st_mode & 0o7777 == OUTPUT_DIR_MODE
+    pod = cluster.job(name)["spec"]["template"]["spec"]
+    claims = {volume["name"]: volume.get("persistentVolumeClaim") for volume in pod["volumes"]}
+    assert claims[manifests.OUTPUT_VOLUME] == {"claimName": "refsys-work"}
+    assert claims[manifests.PRODUCTS_VOLUME] == {"claimName": "refsys-products", "readOnly": True}
+    mounts = {mount["mountPath"]: mount for mount in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/work/out"]["subPath"] == f"{RUN_ID}/decode/1/out"
+    assert mounts["/work/in/S1A_IW_RAW__0SDV.SAFE.zip"]["subPath"] == "S1/RAW/S1A_IW_RAW__0SDV.SAFE.zip"
+
+    # What the Pod wrote to /work/out is where the engine publishes from.
+    (output_dir / "S1A_IW_SLC__1SDV.SAFE.zip").write_bytes(b"slc")
+    await cluster.complete(name)
+    result = await results.first()
+    assert (result.outcome, result.output_dir) == ("succeeded", output_dir)
+    assert (result.output_dir / "S1A_IW_SLC__1SDV.SAFE.zip").read_bytes() == b"slc"
+
+    # After a restart, an adopted execution's result carries it too (it is derived, not remembered).
+    retry = await asyncio.to_thread(executor.start, launch(tmp_path, attempt=2))
+    await asyncio.to_thread(executor.close)
+    await cluster.complete(retry)
+    after, _ = make_executor(**staging)
+    assert await asyncio.to_thread(after.adopt, launch(tmp_path, attempt=2), None) is True
+    adopted = await Results(after).first()
+    assert adopted.output_dir == shared / RUN_ID / "decode" / "2" / "out"
+
+
+@pytest.mark.asyncio
+async def test_inputs_the_pod_cannot_see_fail_the_start_before_any_job(
+    cluster: Cluster, make_executor: Any, tmp_path: Path
+) -> None:
+    executor, _ = make_executor()  # no products_claim
+    step = launch(tmp_path, input_paths=[str(tmp_path / "products" / "S1" / "a.zip")])
+    with pytest.raises(manifests.ManifestError, match=r"production\.kubernetes\.products_claim is not set"):
+        await asyncio.to_thread(executor.start, step)
+    assert cluster.requests(kmock.action.CREATE, JOBS) == []

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes_validate import utils as kubernetes_validate
+from pydantic import ValidationError
 
 from control_plane.core.config import ProcessorSettings, Settings
 from pipelines.executors import k8s_manifests as manifests
@@ -64,6 +65,29 @@ def pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest["spec"]["template"]["spec"]
 
 
+def staged_settings(tmp_path: Path) -> Settings:
+    """Shared volumes configured: outputs on the work claim, inputs from the catalog's claim."""
+    return settings(
+        tmp_path,
+        work_claim="refsys-work",
+        work_mount=str(tmp_path / "shared"),
+        products_claim="refsys-products",
+    )
+
+
+def staged_job(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    config = staged_settings(tmp_path)
+    products = config.products_dir
+    fields: dict[str, Any] = {
+        "input_paths": [
+            str(products / "S1" / "RAW" / "S1A_IW_RAW__0SDV.SAFE.zip"),
+            str(products / "AUX" / "S1A_AUX_CAL_V20190228"),  # a product directory
+        ]
+    }
+    fields.update(overrides)
+    return manifests.build_job(launch(config, **fields), config)
+
+
 def variants(tmp_path: Path) -> dict[str, dict[str, Any]]:
     """Manifests that differ where the schema could object: optional fields present or absent."""
     with_secret = settings(tmp_path, image_pull_secret="registry-credentials", namespace="eo-prod")
@@ -76,6 +100,8 @@ def variants(tmp_path: Path) -> dict[str, dict[str, Any]]:
         "image-entrypoint": job(tmp_path, processor=entrypoint_only, args=[], env={}),
         "long-step-name": job(tmp_path, step="a_very.long_step-name" * 3, attempt=12),
         "reprocessing-lane": job(tmp_path, lane="REPROCESSING", resources=Resources(cpu=0.0001)),
+        "shared-volumes": staged_job(tmp_path),
+        "shared-volumes-no-inputs": staged_job(tmp_path, input_paths=[]),
     }
 
 
@@ -227,6 +253,11 @@ def test_restricted_pod_security_standard(tmp_path: Path, control: str) -> None:
     RESTRICTED_CONTROLS[control](job(tmp_path))
 
 
+@pytest.mark.parametrize("control", [name for name in RESTRICTED_CONTROLS if not name.startswith("emptyDir")])
+def test_restricted_pod_security_standard_with_shared_volumes(tmp_path: Path, control: str) -> None:
+    RESTRICTED_CONTROLS[control](staged_job(tmp_path))
+
+
 @pytest.mark.parametrize(
     ("control", "break_it"),
     [
@@ -362,3 +393,130 @@ def test_a_processor_without_image_is_refused_by_name(tmp_path: Path) -> None:
     local_only = ProcessorSettings(name="legacy-ipf", version="3.2", command=["/opt/ipf/run"])
     with pytest.raises(manifests.ManifestError, match=r"processor legacy-ipf 3\.2: no image"):
         job(tmp_path, processor=local_only)
+
+
+# -- staging through shared volumes ----------------------------------------------------------------------------
+
+
+def test_no_claims_configured_no_claims_mounted(tmp_path: Path) -> None:
+    manifest = job(tmp_path)
+    assert [volume["name"] for volume in pod_spec(manifest)["volumes"]] == [manifests.WORK_VOLUME]
+    mounts = {mount["mountPath"]: mount for mount in container(manifest)["volumeMounts"]}
+    assert mounts[manifests.OUTPUT_DIR] == {
+        "name": manifests.WORK_VOLUME,
+        "mountPath": "/work/out",
+        "subPath": "out",
+    }
+
+
+def test_outputs_go_to_the_execution_directory_on_the_work_claim(tmp_path: Path) -> None:
+    manifest = staged_job(tmp_path, input_paths=[], attempt=2)
+    volumes = {volume["name"]: volume for volume in pod_spec(manifest)["volumes"]}
+    assert volumes[manifests.OUTPUT_VOLUME] == {
+        "name": manifests.OUTPUT_VOLUME,
+        "persistentVolumeClaim": {"claimName": "refsys-work"},
+    }
+    assert manifests.PRODUCTS_VOLUME not in volumes  # no inputs: the catalog is not mounted at all
+    mounts = {mount["mountPath"]: mount for mount in container(manifest)["volumeMounts"]}
+    assert mounts["/work/out"] == {
+        "name": manifests.OUTPUT_VOLUME,
+        "mountPath": "/work/out",
+        "subPath": f"{RUN_ID}/decode/2/out",
+    }
+    assert manifests.output_subpath(RUN_ID, "decode", 2) == f"{RUN_ID}/decode/2/out"
+    # Scratch stays on the Pod's own size-limited emptyDir.
+    for path in (manifests.WORK_DIR, manifests.INPUT_DIR, "/tmp"):
+        assert mounts[path]["name"] == manifests.WORK_VOLUME
+    env = {item["name"]: item["value"] for item in container(manifest)["env"]}
+    assert env["REFSYS_OUTPUT_DIR"] == "/work/out"
+
+
+def test_each_input_is_mounted_read_only_from_the_products_claim(tmp_path: Path) -> None:
+    manifest = staged_job(tmp_path)
+    volumes = {volume["name"]: volume for volume in pod_spec(manifest)["volumes"]}
+    assert volumes[manifests.PRODUCTS_VOLUME]["persistentVolumeClaim"] == {
+        "claimName": "refsys-products",
+        "readOnly": True,
+    }
+    inputs = [
+        mount for mount in container(manifest)["volumeMounts"] if mount["name"] == manifests.PRODUCTS_VOLUME
+    ]
+    assert inputs == [
+        {
+            "name": manifests.PRODUCTS_VOLUME,
+            "mountPath": "/work/in/S1A_IW_RAW__0SDV.SAFE.zip",
+            "subPath": "S1/RAW/S1A_IW_RAW__0SDV.SAFE.zip",
+            "readOnly": True,
+        },
+        {
+            "name": manifests.PRODUCTS_VOLUME,
+            "mountPath": "/work/in/S1A_AUX_CAL_V20190228",
+            "subPath": "AUX/S1A_AUX_CAL_V20190228",
+            "readOnly": True,
+        },
+    ]
+    env = {item["name"]: item["value"] for item in container(manifest)["env"]}
+    assert env["REFSYS_INPUT_DIR"] == "/work/in"  # processors list it: the inputs are its entries
+
+
+def test_arguments_and_environment_name_inputs_by_their_path_in_the_pod(tmp_path: Path) -> None:
+    products = staged_settings(tmp_path).products_dir
+    raw, raw_sig = str(products / "S1" / "a.zip"), str(products / "S1" / "a.zip.sig")
+    manifest = staged_job(
+        tmp_path,
+        input_paths=[raw, raw_sig],
+        args=["--in", raw, raw_sig, f"--all={raw},{raw_sig}", "--keep", "/elsewhere/a.zip"],
+        env={"INPUTS": f"{raw},{raw_sig}"},
+    )
+    step = container(manifest)
+    assert step["args"] == [
+        "--in",
+        "/work/in/a.zip",
+        "/work/in/a.zip.sig",
+        "--all=/work/in/a.zip,/work/in/a.zip.sig",
+        "--keep",
+        "/elsewhere/a.zip",
+    ]
+    env = {item["name"]: item["value"] for item in step["env"]}
+    assert env["INPUTS"] == "/work/in/a.zip,/work/in/a.zip.sig"
+
+
+def test_inputs_without_a_products_claim_are_refused_naming_the_setting(tmp_path: Path) -> None:
+    config = settings(tmp_path, work_claim="refsys-work", work_mount=str(tmp_path / "shared"))
+    step = launch(config, input_paths=[str(config.products_dir / "S1" / "a.zip")])
+    with pytest.raises(
+        manifests.ManifestError,
+        match=r"step decode: 1 input product\(s\) but production\.kubernetes\.products_claim is not set",
+    ):
+        manifests.build_job(step, config)
+
+
+@pytest.mark.parametrize("where", ["/srv/elsewhere/a.zip", "{products}/../a.zip", "{products}"])
+def test_an_input_outside_the_catalog_storage_is_refused_naming_it(tmp_path: Path, where: str) -> None:
+    config = staged_settings(tmp_path)
+    path = where.format(products=config.products_dir)
+    with pytest.raises(
+        manifests.ManifestError,
+        match=rf"input {re.escape(path)} is not under production\.catalog\.storage_dir",
+    ):
+        manifests.build_job(launch(config, input_paths=[path]), config)
+
+
+def test_two_inputs_of_the_same_name_are_refused(tmp_path: Path) -> None:
+    products = staged_settings(tmp_path).products_dir
+    same = [str(products / "A" / "x.zip"), str(products / "B" / "x.zip")]
+    with pytest.raises(manifests.ManifestError, match=r"two inputs named x\.zip"):
+        staged_job(tmp_path, input_paths=same)
+
+
+@pytest.mark.parametrize(
+    ("kubernetes", "message"),
+    [
+        ({"work_claim": "refsys-work"}, "work_claim and work_mount: set both"),
+        ({"work_mount": "/mnt/work"}, "work_claim and work_mount: set both"),
+        ({"products_claim": "Products_Claim"}, "products_claim"),
+    ],
+)
+def test_claim_settings_are_checked(tmp_path: Path, kubernetes: dict[str, str], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        settings(tmp_path, **kubernetes)
