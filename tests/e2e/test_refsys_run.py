@@ -5,6 +5,7 @@ local executor, embedded defaults in a temporary working directory)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,8 @@ def test_refsys_run_s2_l1c_publishes_and_l2a_follows_by_itself(tmp_path: Path) -
     [level2] = [row for row in products if row.run_id == l2a["id"]]
     [level1] = [row for row in products if row.product_type == "S2MSI1C" and row.id in l2a_run.inputs]
     assert level2.product_type == "S2MSI2A"
-    assert level1.name.startswith(("S2A_MSIL1C_", "S2B_MSIL1C_")) and level1.state == "published"
+    assert re.match(r"S2[ABC]_MSIL1C_\d{8}T\d{6}_N\d{4}_R\d{3}_T\w{5}_\d{8}T\d{6}\.SAFE\.zip$", level1.name)
+    assert level1.state == "published"
     assert (level1.run_id, level1.step, level1.chain_id) == (l1c["id"], "l1c", "s2-l1c")
     assert len(level1.sha256) == 64 and level1.size > 0
     # Lineage: the L2A run consumed L1C products, and its product names them as inputs.
