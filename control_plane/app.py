@@ -35,7 +35,7 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
     telemetry = Telemetry(
         settings=settings, engine=services.engine, bus=services.bus, registry=services.metrics.registry
     )
-    production = Production(settings, services.engine, services.bus, services.audit)
+    production = Production(settings, services.engine, services.bus, services.audit, demo=demo)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

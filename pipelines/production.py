@@ -49,7 +49,9 @@ class Production:
         audit: AuditTrail,
         *,
         executor: Executor | None = None,
+        demo: bool = False,
     ) -> None:
+        """``demo``: the bundled chains' cron triggers run too (``refsys serve --demo``)."""
         self.settings = settings
         self.registry = ChainRegistry.load(settings)
         self.traces = TraceWriter(engine, bus)
@@ -68,7 +70,7 @@ class Production:
             logs=self.logs,
         )
         self.systematic = SystematicTrigger(bus=bus, db=engine, registry=self.registry, engine=self.engine)
-        self.cron = CronTriggers(registry=self.registry, engine=self.engine)
+        self.cron = CronTriggers(registry=self.registry, engine=self.engine, include_bundled=demo)
         self.campaigns = Campaigns(
             settings=settings, db=engine, registry=self.registry, engine=self.engine, audit=audit
         )

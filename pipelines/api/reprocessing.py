@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from control_plane.core.auth.tokens import Principal
 from control_plane.core.deps import Authorize, request_actor
 from control_plane.core.responses import json_response
+from pipelines.api.runs import MAX_IDEMPOTENCY_KEY, request_key
 from pipelines.triggers.reprocessing import CampaignError, CampaignRequest, Campaigns
 
 router = APIRouter(prefix="/api/v1/reprocessing", tags=["production"])
@@ -36,6 +37,8 @@ class CampaignCreated(BaseModel):
     baseline: str
     lane: str
     runs: int
+    created: bool
+    """False when an earlier request with the same ``Idempotency-Key`` opened it (its missing runs are opened)."""
 
 
 class CampaignStatus(BaseModel):
@@ -55,13 +58,22 @@ def _campaigns(request: Request) -> Campaigns:
     return campaigns
 
 
-@router.post("", status_code=201, response_model=CampaignCreated)
+@router.post(
+    "",
+    status_code=201,
+    response_model=CampaignCreated,
+    responses={200: {"description": "the campaign this idempotency key opened before"}},
+)
 async def create_campaign(
     request: Request,
     body: CampaignBody,
     principal: Annotated[Principal, Depends(Authorize("reprocessing:write"))],
+    idempotency_key: Annotated[
+        str | None, Header(max_length=MAX_IDEMPOTENCY_KEY, description="the same key gives the same campaign")
+    ] = None,
 ) -> Response:
-    """Open a campaign: one run per input product, in the throttled reprocessing lane, as a new baseline."""
+    """Open a campaign: one run per input product, in the throttled reprocessing lane, as a new baseline (201);
+    the same ``Idempotency-Key`` again gives the same campaign (200). Role ``operator``."""
     campaign = CampaignRequest(
         chain_id=body.chain,
         chain_version=body.version,
@@ -70,6 +82,7 @@ async def create_campaign(
         product_ids=body.products,
         baseline=body.baseline,
         parameters=body.parameters,
+        idempotency_key=request_key(principal.subject, idempotency_key),
     )
     try:
         created = await run_in_threadpool(
@@ -77,7 +90,7 @@ async def create_campaign(
         )
     except CampaignError as exc:
         raise HTTPException(422, str(exc)) from None
-    return json_response(created, status_code=201)
+    return json_response(created, status_code=201 if created["created"] else 200)
 
 
 @router.get("/{campaign_id}", response_model=CampaignStatus)

@@ -5,6 +5,7 @@ Role ``operator`` submits and acts (``runs:write``) and reads logs (``runs:logs`
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -20,7 +21,8 @@ from pipelines.engine.runs import MAX_PAGE, list_runs
 from pipelines.engine.states import RunState
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
-MAX_IDEMPOTENCY_KEY = 128
+MAX_IDEMPOTENCY_KEY = 100
+"""Longest ``Idempotency-Key`` a caller may send (the stored key adds the caller's namespace)."""
 RunId = Annotated[str, Path(max_length=36)]
 CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"description": "the run's state does not allow the action"}
@@ -139,6 +141,14 @@ def answer_errors(exc: RunError) -> HTTPException:
     return HTTPException(422, str(exc))
 
 
+def request_key(subject: str, key: str | None) -> str | None:
+    """The stored form of a caller's ``Idempotency-Key``: scoped to the caller, so that two callers choosing the
+    same key get two runs, and apart from the keys triggers derive (``systematic:``, ``cron:``, ``campaign:``)."""
+    if key is None:
+        return None
+    return f"request:{hashlib.sha256(subject.encode()).hexdigest()[:16]}:{key}"
+
+
 @router.post(
     "",
     status_code=201,
@@ -168,7 +178,7 @@ def submit_run(
         inputs=body.inputs,
         lane=body.lane,
         trigger="manual",
-        idempotency_key=idempotency_key,
+        idempotency_key=request_key(principal.subject, idempotency_key),
     )
     try:
         run_id, created = engine.submit(run_request, request_actor(request, principal))

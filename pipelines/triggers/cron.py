@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -17,7 +18,7 @@ from apscheduler.triggers.cron import CronTrigger
 from control_plane.core import clock
 from control_plane.core.audit.trail import Actor
 from pipelines.engine import Engine, RunRequest
-from pipelines.registry import ChainRegistry
+from pipelines.registry import BUNDLED_DIR, ChainRegistry
 from pipelines.spec import ChainSpec
 
 log = logging.getLogger(__name__)
@@ -35,13 +36,30 @@ def firing_key(chain: ChainSpec, expression: str, fired_at: datetime) -> str:
 class CronTriggers:
     """One scheduled job per (chain, crontab expression) of every chain in the registry."""
 
-    def __init__(self, *, registry: ChainRegistry, engine: Engine) -> None:
+    def __init__(self, *, registry: ChainRegistry, engine: Engine, include_bundled: bool = False) -> None:
         self.registry = registry
         self.engine = engine
+        self.include_bundled = include_bundled
         self.scheduler = BackgroundScheduler(timezone=UTC)
 
     def jobs(self) -> list[tuple[ChainSpec, str]]:
-        return [(chain, expression) for chain in self.registry.all() for expression in chain.triggers.cron]
+        """(chain, expression) of the newest version of every chain with cron triggers. The bundled chains are
+        reference content: their schedules run only when asked (``refsys serve --demo``), never by surprise in
+        a deployment that merely left ``production.bundled_chains`` on."""
+        latest = {chain.id: chain for chain in self.registry.all()}  # all() is sorted: the last version wins
+        return [
+            (chain, expression)
+            for chain in latest.values()
+            if self.include_bundled or not self._bundled(chain)
+            for expression in chain.triggers.cron
+        ]
+
+    def _bundled(self, chain: ChainSpec) -> bool:
+        return (
+            Path(self.registry.origin(chain.id, chain.version))
+            .resolve()
+            .is_relative_to(BUNDLED_DIR.resolve())
+        )
 
     def fire(self, chain: ChainSpec, expression: str, fired_at: datetime | None = None) -> str:
         """Start the run of one firing (idempotent); returns its id."""

@@ -10,6 +10,7 @@ after a failure opens no run twice.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,9 @@ from control_plane.core.config import Settings
 from pipelines import tables
 from pipelines.engine import Engine, RunRequest
 from pipelines.registry import ChainRegistry
+
+CAMPAIGN_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:refsys:campaign")
+"""UUIDv5 namespace of campaign ids derived from an idempotency key."""
 
 
 class CampaignError(ValueError):
@@ -39,6 +43,9 @@ class CampaignRequest:
     baseline: str | None = None
     """Baseline of the outputs; default: ``R`` + the campaign's creation time (``R20261125T1930``)."""
     parameters: dict[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    """The same key gives the same campaign: a retried request (or one that failed half-way) opens the runs
+    still missing and no run twice."""
 
 
 def reprocessing_lane(settings: Settings) -> str:
@@ -76,34 +83,21 @@ class Campaigns:
         lane = reprocessing_lane(self.settings)
         products = self._select(chain.inputs[0].product_type, request)
         now = clock.utcnow()
-        campaign_id = ids.new_id()
-        baseline = request.baseline or now.strftime("R%Y%m%dT%H%M")
+        campaign_id = (
+            str(uuid.uuid5(CAMPAIGN_NAMESPACE, request.idempotency_key))
+            if request.idempotency_key
+            else ids.new_id()
+        )
+        existing = self._baseline_of(campaign_id)
+        baseline = existing or request.baseline or now.strftime("R%Y%m%dT%H%M")
         selection = {
             "product_ids": request.product_ids,
             "sensing_from": clock.rfc3339(request.sensing_from) if request.sensing_from else None,
             "sensing_to": clock.rfc3339(request.sensing_to) if request.sensing_to else None,
             "products": len(products),
         }
-        with self.db.begin() as connection:
-            connection.execute(
-                tables.campaigns.insert().values(
-                    id=campaign_id,
-                    chain_id=chain.id,
-                    chain_version=chain.version,
-                    baseline=baseline,
-                    selection=selection,
-                    state="running",
-                    requested_by=actor.subject,
-                    created_at=now,
-                )
-            )
-        self.audit.append(
-            actor=actor,
-            action="reprocessing.create",
-            outcome="success",
-            target=campaign_id,
-            details={"chain": chain.key, "baseline": baseline, "lane": lane, **selection},
-        )
+        if existing is None:
+            self._open(campaign_id, chain.id, chain.version, baseline, selection, actor, now, lane)
         for product_id in products:
             self.engine.submit(
                 RunRequest(
@@ -125,7 +119,46 @@ class Campaigns:
             "baseline": baseline,
             "lane": lane,
             "runs": len(products),
+            "created": existing is None,
         }
+
+    def _baseline_of(self, campaign_id: str) -> str | None:
+        with self.db.connect() as connection:
+            return connection.execute(
+                sa.select(tables.campaigns.c.baseline).where(tables.campaigns.c.id == campaign_id)
+            ).scalar_one_or_none()
+
+    def _open(
+        self,
+        campaign_id: str,
+        chain_id: str,
+        chain_version: str,
+        baseline: str,
+        selection: dict[str, Any],
+        actor: Actor,
+        now: datetime,
+        lane: str,
+    ) -> None:
+        with self.db.begin() as connection:
+            connection.execute(
+                tables.campaigns.insert().values(
+                    id=campaign_id,
+                    chain_id=chain_id,
+                    chain_version=chain_version,
+                    baseline=baseline,
+                    selection=selection,
+                    state="running",
+                    requested_by=actor.subject,
+                    created_at=now,
+                )
+            )
+        self.audit.append(
+            actor=actor,
+            action="reprocessing.create",
+            outcome="success",
+            target=campaign_id,
+            details={"chain": f"{chain_id}@{chain_version}", "baseline": baseline, "lane": lane, **selection},
+        )
 
     def _select(self, product_type: str, request: CampaignRequest) -> list[str]:
         products = tables.products

@@ -281,9 +281,12 @@ def test_campaigns_over_http_are_opened_by_operators_and_followed(tmp_path: Path
             ).status_code
             == 403
         )
-        created = client.post("/api/v1/reprocessing", json=body, headers=operator)
+        keyed = {**operator, "Idempotency-Key": "campaign-7"}
+        created = client.post("/api/v1/reprocessing", json=body, headers=keyed)
         assert created.status_code == 201, created.text
         assert created.json()["runs"] == 2 and created.json()["lane"] == "REPROCESSING"
+        again = client.post("/api/v1/reprocessing", json=body, headers=keyed)  # a retried request
+        assert again.status_code == 200 and again.json()["id"] == created.json()["id"]
         refused = client.post(
             "/api/v1/reprocessing", json={"chain": "reproc", "products": ["nope"]}, headers=operator
         )
