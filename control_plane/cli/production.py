@@ -215,10 +215,29 @@ def _run_remote(url: str, request: RunRequest, timeout_s: float) -> dict[str, An
         deadline = time.monotonic() + timeout_s
         while view["state"] not in RUN_TERMINAL and time.monotonic() < deadline:
             time.sleep(POLL_S)
-            view = http.get(f"/api/v1/runs/{view['id']}").raise_for_status().json()
+            view = _poll(http, view)
             progress.show([_remote_view(view)])
     return {"runs": [{"id": view["id"], "chain": view["chain"], "state": view["state"],
                       "trigger": view["trigger"], "reason": view.get("reason"), "products": []}]}  # fmt: skip
+
+
+def _poll(http: httpx.Client, view: dict[str, Any]) -> dict[str, Any]:
+    """The run's new view; the last one while the server is unreachable or failing (a restart, a deploy): the
+    run goes on there, so following it goes on too, until ``--timeout``."""
+    try:
+        answer = http.get(f"/api/v1/runs/{view['id']}")
+    except httpx.HTTPError as exc:
+        click.echo(f"refsys: following run {view['id']}: {exc}; retrying", err=True)
+        return view
+    if answer.status_code >= 500:
+        click.echo(
+            f"refsys: following run {view['id']}: server answered {answer.status_code}; retrying", err=True
+        )
+        return view
+    if answer.status_code != 200:
+        fail(f"following run {view['id']}: {answer.status_code} {answer.text[:300]}", EXIT_USAGE)
+    result: dict[str, Any] = answer.json()
+    return result
 
 
 def _remote_view(view: dict[str, Any]) -> dict[str, Any]:

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from pipelines import tables
-from tests.apps import run_refsys
+from tests.apps import REFSYS, run_refsys
+from tests.e2e.servers import ServerProcess
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -73,3 +75,26 @@ def test_the_bundled_s1_chain_feeds_each_step_the_products_of_the_step_it_needs(
     assert "_IW_RAW__0S" in level0.name and "_IW_GRDH_1S" in level1.name and "_IW_OCN__2S" in level2.name
     # Lineage through the DAG: L1 was made from the L0 of the same run, L2 from the L1.
     assert level1.inputs == [level0.id] and level2.inputs == [level1.id]
+
+
+def test_refsys_run_with_url_submits_to_a_server_and_follows_the_run(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path)
+    server.start()
+    try:
+        token = server.credential("token", "create", "--role", "operator", "--sub", "ci")
+        env = {**server.env, "REFSYS_TOKEN": token}
+        done = subprocess.run(
+            [REFSYS, "run", "s2-l1c", "--param", "duration_s=0.2", "--url", server.url],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        [run] = json.loads(done.stdout)["runs"]
+        assert (run["chain"], run["state"]) == ("s2-l1c", "succeeded")
+        assert "step l1c: succeeded" in done.stderr
+        refused = subprocess.run(
+            [REFSYS, "run", "no-such-chain", "--url", server.url],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert refused.returncode == 2 and "refused the run: 422" in refused.stderr
+    finally:
+        server.stop()
