@@ -10,7 +10,15 @@ from pipelines.engine.runs import RunRow
 from pipelines.traces import TraceEvent, TraceWriter
 
 Status = Literal["OK", "NOK", "TIMEOUT"]
-STATUS_OF_OUTCOME: dict[str, Status] = {"succeeded": "OK", "failed": "NOK", "timed-out": "TIMEOUT"}
+STATUS_OF_OUTCOME: dict[str, Status] = {
+    "succeeded": "OK",
+    "failed": "NOK",
+    "timed-out": "TIMEOUT",
+    "cancelled": "NOK",
+    "lost": "NOK",
+}
+"""Every execution that had a BEGIN gets an END, so the KPI engine never sees a step that started and never
+ended; a cancelled or lost execution did not produce its outputs: NOK."""
 
 
 def _base(run: RunRow, step: str) -> dict[str, Any]:

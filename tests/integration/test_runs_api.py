@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from control_plane.core.audit.trail import AuditFilter
 from control_plane.core.auth.roles import Role
+from pipelines import tables
 from tests.apps import bearer, running_app
 from tests.integration.production_harness import Harness, chain_yaml, step, wait_for
 
@@ -76,6 +78,18 @@ def _until_state(client: TestClient, headers: dict[str, str], run_id: str, *stat
     )
 
 
+def _traces(services: Any, run_id: str) -> list[tuple[str, str | None]]:
+    with services.engine.connect() as connection:
+        return [
+            (row.event, row.status)
+            for row in connection.execute(
+                sa.select(tables.trace_events.c.event, tables.trace_events.c.status).where(
+                    tables.trace_events.c.run_id == run_id
+                )
+            )
+        ]
+
+
 def test_submit_watch_cancel_retry_resubmit_through_the_api(tmp_path: Path, db_url: str) -> None:
     flag = tmp_path / "broken"
     flag.write_text("cause")
@@ -123,6 +137,11 @@ def test_submit_watch_cancel_retry_resubmit_through_the_api(tmp_path: Path, db_u
             "step cancelled",
         )
         assert view["steps"][0]["attempts"][0]["outcome"] == "cancelled"
+        # The KPI contract: the cancelled execution's BEGIN has its END (NOK), whenever the engine records it.
+        traces = wait_for(
+            lambda: (found := _traces(services, run_id)).count(("END", "NOK")) == 1 and found, "END"
+        )
+        assert traces.count(("BEGIN", None)) == 1
         refused = client.post(f"/api/v1/runs/{run_id}/cancel", headers=operator)
         assert refused.status_code == 409 and refused.headers["content-type"] == "application/problem+json"
         assert client.post(f"/api/v1/runs/{run_id}/retry", headers=operator).status_code == 409
