@@ -14,6 +14,9 @@ claiming, the supervisor process, the result, the bookkeeping, the run's end.
   throughput, capped at 50/s), as production requests arrive. Trigger-to-start latency = step started (the
   executor has launched it) - run submitted (``runs.created_at``); p50/p99 over the paced runs. This is the
   figure the target is about.
+- **paced during a campaign**: the same paced load again while a reprocessing campaign over 50 products (one
+  1 s step each) runs in the throttled lane: acceptance 8's "NRT runs keep their usual start latency",
+  measured (compare its trigger-to-start with the paced one's).
 - CPU: this process's own CPU time (user + system) per step, separately from the step processes' (the fork
   server, the supervisors and the steps).
   Peak RSS: this process's ``ru_maxrss``.
@@ -45,7 +48,10 @@ from control_plane.core.services import open_engine, open_services
 from pipelines import tables
 from pipelines.engine import RunRequest
 from pipelines.production import Production
+from pipelines.triggers.reprocessing import CampaignRequest
 
+CAMPAIGN_PRODUCTS = 50
+CAMPAIGN_STEP_S = 1
 CHAIN = """
 id: noop
 version: "1.0"
@@ -60,6 +66,21 @@ steps:
 outputs:
   - {product_type: NOOP, step: noop, pattern: "*.none", timeliness: NRT}
 """
+REPROCESSING_CHAIN = f"""
+id: reproc
+version: "1.0"
+mission: S2
+lane: NTC
+inputs: [{{product_type: T_IN}}]
+steps:
+  - name: redo
+    processor: {{name: sleep, version: "1.0"}}
+    args: ["{CAMPAIGN_STEP_S}"]
+    timeout_s: 60
+    retries: {{max_attempts: 1}}
+outputs:
+  - {{product_type: T_RE, step: redo, pattern: "*.none", timeliness: NTC}}
+"""
 ACTOR = Actor(subject="bench", roles=("operator",))
 
 
@@ -71,6 +92,7 @@ def settings_for(root: Path, slots: int, command: list[str]) -> Settings:
     chains = root / "chains"
     chains.mkdir()
     (chains / "noop.yaml").write_text(CHAIN)
+    (chains / "reproc.yaml").write_text(REPROCESSING_CHAIN)
     return Settings(
         data_dir=root / "var",
         logging={"access_log": False},
@@ -80,13 +102,17 @@ def settings_for(root: Path, slots: int, command: list[str]) -> Settings:
             "max_parallel_steps": slots,
             "lanes": {
                 "NRT": {"priority": 80, "concurrency": slots, "reserved": 0},
+                "NTC": {"priority": 40, "concurrency": 4, "reserved": 0},
                 "REPROCESSING": {"priority": 0, "concurrency": 2, "throttled": True},
             },
             "cron": False,
             # The step runs /bin/true: a no-op whose own start costs next to nothing, so the figures are the
             # control plane's (a Python processor adds its interpreter's start, ~20 ms of CPU, to every step;
             # ``--python-noop`` measures that variant with the bundled ``pipelines.processors.noop``).
-            "processors": [{"name": "noop", "version": "1.0", "command": command}],
+            "processors": [
+                {"name": "noop", "version": "1.0", "command": command},
+                {"name": "sleep", "version": "1.0", "command": ["/bin/sleep"]},
+            ],
         },
     )
 
@@ -153,6 +179,33 @@ def submit(production: Production, count: int, tag: str) -> list[str]:
     ]
 
 
+def submit_paced(production: Production, count: int, rate: float, tag: str) -> list[str]:
+    """Open-loop: run i is submitted at start + i / rate whatever happened before."""
+    run_ids: list[str] = []
+    start = time.monotonic()
+    for index in range(count):
+        pause = start + index / rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        run_ids += submit(production, 1, f"{tag}-{index}")
+    return run_ids
+
+
+def open_campaign(production: Production, root: Path, *, products: int) -> str:
+    """A campaign of the ``reproc`` chain over ``products`` input products registered for it."""
+    inputs = root / "inputs"
+    inputs.mkdir()
+    ids = []
+    for index in range(products):
+        path = inputs / f"IN_{index:03d}.dat"
+        path.write_bytes(b"x" * 1024)
+        ids.append(
+            production.catalog.register_external(path, product_type="T_IN", mission="S2", actor=ACTOR).id
+        )
+    created = production.campaigns.create(CampaignRequest(chain_id="reproc", product_ids=ids), ACTOR)
+    return str(created["id"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -200,16 +253,16 @@ def main() -> None:
             print(f"burst: {len(rows)} steps, {throughput:.1f} steps/s", file=sys.stderr)
 
             rate = args.paced_rate or min(50.0, throughput / 2)
-            paced: list[str] = []
-            start = time.monotonic()
-            for index in range(args.paced_steps):
-                due = start + index / rate
-                pause = due - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)
-                paced += submit(production, 1, f"paced-{index}")
+            paced = submit_paced(production, args.paced_steps, rate, "paced")
             wait_done(production, 1800)
             paced_rows = step_rows(services, paced)
+
+            # The same paced load while a reprocessing campaign over 50 products fills its throttled lane.
+            campaign = open_campaign(production, Path(tmp), products=CAMPAIGN_PRODUCTS)
+            during = submit_paced(production, args.paced_steps, rate, "during-campaign")
+            campaign_busy = not (production.campaigns.status(campaign) or {}).get("done")
+            wait_done(production, 1800)
+            during_rows = step_rows(services, during)
         finally:
             production.stop()
             services.close()
@@ -238,6 +291,15 @@ def main() -> None:
             "rate_per_s": round(rate, 1),
             "succeeded": sum(1 for row in paced_rows if row.state == "succeeded"),
             "trigger_to_start": latency_ms(paced_rows),
+        },
+        "paced_during_a_reprocessing_campaign": {
+            "campaign_products": CAMPAIGN_PRODUCTS,
+            "campaign_step_s": CAMPAIGN_STEP_S,
+            "campaign_still_running_when_the_paced_load_ended": campaign_busy,
+            "steps": len(during_rows),
+            "rate_per_s": round(rate, 1),
+            "succeeded": sum(1 for row in during_rows if row.state == "succeeded"),
+            "trigger_to_start": latency_ms(during_rows),
         },
         "peak_rss_mib": round(peak_rss_mib, 1),
         "targets": {"steps_per_s": 50, "p99_ms": 500},
