@@ -12,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from control_plane.core.audit.trail import Actor
 from control_plane.core.auth.tokens import Principal
 from control_plane.core.deps import Authorize, request_actor
-from control_plane.core.responses import json_response
 from pipelines.api.runs import (
     CONFLICT,
     NOT_FOUND,
@@ -22,9 +21,10 @@ from pipelines.api.runs import (
     answer_errors,
     detail,
     engine_of,
+    runs_page,
 )
 from pipelines.engine import Engine, RunError
-from pipelines.engine.runs import MAX_PAGE, list_runs
+from pipelines.engine.runs import MAX_PAGE
 
 router = APIRouter(prefix="/api/v1/parking-lot", tags=["parking-lot"])
 Action = Literal["restart", "resubmit", "drop"]
@@ -73,10 +73,7 @@ def parked_runs(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> Response:
     """Runs out of retries, newest first, with why they failed. Role ``operator``."""
-    engine = engine_of(request)
-    with engine.db.connect() as connection:
-        items = list_runs(connection, chain=chain, parked=True, cursor=cursor, limit=limit)
-    return json_response({"items": items, "next_cursor": items[-1]["id"] if len(items) == limit else None})
+    return runs_page(request, chain=chain, parked=True, cursor=cursor, limit=limit)
 
 
 def _single(action: Action, status_code: int = 200) -> Callable[..., Response]:

@@ -199,9 +199,22 @@ def runs_list(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> Response:
     """Runs, newest first, filtered by state and chain. Roles ``operator``, ``ops-manager``."""
+    return runs_page(request, state=state, chain=chain, cursor=cursor, limit=limit)
+
+
+def runs_page(
+    request: Request,
+    *,
+    chain: str | None,
+    cursor: str | None,
+    limit: int,
+    state: RunState | None = None,
+    parked: bool = False,
+) -> Response:
+    """One page of runs as the runs and parking-lot lists answer it (``next_cursor``: null on the last)."""
     engine = engine_of(request)
     with engine.db.connect() as connection:
-        items = list_runs(connection, state=state, chain=chain, cursor=cursor, limit=limit)
+        items = list_runs(connection, state=state, chain=chain, parked=parked, cursor=cursor, limit=limit)
     return json_response({"items": items, "next_cursor": items[-1]["id"] if len(items) == limit else None})
 
 
