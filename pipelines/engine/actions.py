@@ -124,7 +124,11 @@ def retry(engine: Engine, run_id: str, actor: Actor, *, parking_lot: bool = Fals
 
 def resubmit(engine: Engine, run_id: str, actor: Actor, *, parking_lot: bool = False) -> str:
     """A new run of the same chain version with the same inputs and parameters, linked to this one; returns its
-    id. From the parking lot, the old run leaves it."""
+    id. A parked run leaves the parking lot (and the ``parking-lot`` topic hears of it, whichever route asked).
+
+    Idempotent: resubmitting the same run again gives the same new run, so an operator retrying after a timeout,
+    or after a crash between the new run and the old one leaving the parking lot, finishes the job instead of
+    making a second run."""
     action = "parking-lot.resubmit" if parking_lot else "run.resubmit"
     run = _load(engine, run_id)
     with engine.db.connect() as connection:
@@ -145,6 +149,7 @@ def resubmit(engine: Engine, run_id: str, actor: Actor, *, parking_lot: bool = F
         campaign_id=run.campaign_id,
         baseline=run.baseline,
         resubmitted_from=run_id,
+        idempotency_key=f"resubmit:{run_id}",
     )
     try:
         new_id, _created = engine.submit(request, actor)
@@ -154,7 +159,7 @@ def resubmit(engine: Engine, run_id: str, actor: Actor, *, parking_lot: bool = F
         with engine.db.begin() as connection:
             connection.execute(tables.runs.update().where(tables.runs.c.id == run_id).values(parked_at=None))
     _audit(engine, actor, action, run, new_run=new_id)
-    if parking_lot:
+    if parked:
         _notify(engine, actor, "resubmit", run, new_run_id=new_id)
     return new_id
 

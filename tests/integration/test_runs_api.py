@@ -164,6 +164,10 @@ def test_submit_watch_cancel_retry_resubmit_through_the_api(tmp_path: Path, db_u
         new = resubmitted.json()
         assert new["id"] != failing and new["resubmitted_from"] == failing and new["trigger"] == "resubmit"
         assert _until_state(client, operator, new["id"], "succeeded", "failed")["state"] == "succeeded"
+        again = client.post(
+            f"/api/v1/runs/{failing}/resubmit", headers=operator
+        )  # e.g. retried after a timeout
+        assert again.json()["id"] == new["id"]  # resubmitting one run makes one new run
 
         assert (
             client.get("/api/v1/runs/00000000-0000-7000-8000-000000000000", headers=operator).status_code
@@ -180,7 +184,7 @@ def test_submit_watch_cancel_retry_resubmit_through_the_api(tmp_path: Path, db_u
             ("run.submit", "success", run_id), ("run.cancel", "success", run_id), ("run.cancel", "failure", run_id),
             ("run.retry", "failure", run_id), ("run.submit", "success", failing), ("run.retry", "success", failing),
             ("run.submit", "success", new["id"]), ("run.resubmit", "success", failing),
-            ("run.submit", "failure", "slow"),
+            ("run.resubmit", "success", failing), ("run.submit", "failure", "slow"),
         ]  # fmt: skip
         assert [row[:3] for row in trail] == expected
         assert {row[3] for row in trail} == {"testclient"}
