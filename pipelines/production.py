@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Engine as DbEngine
 
-from control_plane.core.audit.trail import AuditTrail
+from control_plane.core.audit.trail import Actor, AuditTrail
 from control_plane.core.bus import Bus
 from control_plane.core.config import Settings
-from pipelines.catalog import Catalog
-from pipelines.engine import Engine, StepLogs
+from pipelines.catalog import Catalog, PublishedProduct
+from pipelines.engine import Engine, StepLogs, tracing
+from pipelines.engine.runs import load_run
 from pipelines.executors.base import Executor, LogSink
 from pipelines.executors.kubernetes import KubernetesExecutor
 from pipelines.executors.local import LocalExecutor
@@ -74,7 +75,31 @@ class Production:
         self.campaigns = Campaigns(
             settings=settings, db=engine, registry=self.registry, engine=self.engine, audit=audit
         )
-        self.upkeep = CatalogUpkeep(self.catalog)
+        self.upkeep = CatalogUpkeep(self.catalog, rescan=self.rescan_held)
+
+    def rescan_held(self, actor: Actor) -> list[PublishedProduct]:
+        """Scan the products held while clamd was away again; a run output released now gets the PUBLISHED
+        trace its run could not emit then (the KPI engine counts its timeliness from it)."""
+        outcomes = self.catalog.rescan_held(actor=actor)
+        for product in outcomes:
+            if product.published_at is None:
+                continue
+            row = self.catalog.get(product.id)
+            if row["run_id"] is None:  # delivered from outside: no run, no trace
+                continue
+            with self.engine.db.connect() as connection:
+                run = load_run(connection, row["run_id"])
+            tracing.published(
+                self.traces,
+                run,
+                row["step"],
+                product_name=product.name,
+                product_type=product.product_type,
+                timeliness_class=product.timeliness,
+                t0=product.t0,
+                published_at=product.published_at,
+            )
+        return outcomes
 
     def start(self, *, triggers: bool = True) -> None:
         """Schedule runs in the background (first adopting or requeueing what a previous process left); with

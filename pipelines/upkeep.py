@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from control_plane.core import clock
 from control_plane.core.audit.trail import Actor
-from pipelines.catalog import Catalog
+from pipelines.catalog import Catalog, PublishedProduct
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +21,15 @@ INTERVAL_S = 3600.0
 
 
 class CatalogUpkeep:
-    def __init__(self, catalog: Catalog, *, interval_s: float = INTERVAL_S) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        rescan: Callable[[Actor], list[PublishedProduct]],
+        interval_s: float = INTERVAL_S,
+    ) -> None:
         self.catalog = catalog
+        self.rescan = rescan
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -32,7 +40,7 @@ class CatalogUpkeep:
             if evicted:
                 log.info("catalog upkeep: %d products past their retention evicted", evicted)
             if self.catalog.scanner is not None:
-                released = self.catalog.rescan_held(actor=ACTOR)
+                released = self.rescan(ACTOR)
                 if released:
                     log.info("catalog upkeep: %d held products scanned again", len(released))
         except Exception:  # the next round tries again; the server must not stop over upkeep

@@ -147,7 +147,7 @@ def rescan_held(
     catalog = _catalog(request)
     actor = request_actor(request, principal)
     try:
-        outcomes = catalog.rescan_held(actor=actor)
+        outcomes = request.app.state.production.rescan_held(actor)
     except CatalogError as exc:
         raise HTTPException(409, str(exc)) from None
     states = [outcome.state for outcome in outcomes]

@@ -15,14 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from control_plane.core.audit.trail import Actor, AuditFilter
 from control_plane.core.bus import topics
 from control_plane.core.services import Services, open_services
+from pipelines import tables
 from pipelines.catalog import Catalog, OutputContext
 from pipelines.catalog.scanner import ClamdScanner, ScannerError
+from pipelines.engine import RunRequest
 from pipelines.spec import OutputSpec
 from tests.apps import make_settings, prepare_database
+from tests.integration.production_harness import Harness, chain_yaml, step
 from tests.services import unavailable
 
 MARKER = b"REFSYS-TEST-MALWARE-MARKER-7f3a9c"
@@ -203,3 +207,35 @@ def test_a_product_past_clamd_s_limits_is_held_not_published(services: Services,
     assert "Heuristics.Limits.Exceeded.MaxFileSize" in reasons["S2A_large.zip"]
     assert "INSTREAM size limit exceeded" in reasons["S2A_huge.zip"]
     assert _records(services, topics.PRODUCT_AVAILABLE) == []
+
+
+def test_a_run_output_released_by_a_rescan_gets_its_published_trace(clamd: Clamd, tmp_path: Path) -> None:
+    harness = Harness(tmp_path, None, scanner={"clamd_socket": str(clamd.socket)})
+    harness.write_chain(
+        "scanned",
+        chain_yaml(
+            "scanned", steps=[step("make", args=harness.args(output="S2A_product.zip"))],
+            outputs=[{"product_type": "T_S", "step": "make", "pattern": "*.zip", "timeliness": "NRT"}],
+        ),
+    )  # fmt: skip
+    with harness.production() as (production, services):
+        clamd.stop()
+        run_id, _ = production.engine.submit(RunRequest(chain_id="scanned"), Actor(subject="ops"))
+        assert production.engine.run_until_idle(120)
+        assert _published_traces(services, run_id) == []  # held unscanned: not distributed, not traced
+        clamd.start(clamd.directory / "clamd.conf")
+        [released] = production.rescan_held(Actor(subject="operator-on-call"))
+        assert released.state == "published"
+        assert _published_traces(services, run_id) == [("make", "S2A_product.zip")]
+
+
+def _published_traces(services: Services, run_id: str) -> list[tuple[str, str]]:
+    with services.engine.connect() as connection:
+        return [
+            (row.step, row.body["outputs"][0])
+            for row in connection.execute(
+                sa.select(tables.trace_events).where(
+                    tables.trace_events.c.run_id == run_id, tables.trace_events.c.event == "PUBLISHED"
+                )
+            )
+        ]
