@@ -7,13 +7,15 @@ thread. Like ``security.telemetry.Telemetry``, it holds no state of its own: eve
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy.engine import Engine as DbEngine
 
 from control_plane.core.audit.trail import Actor, AuditTrail
 from control_plane.core.bus import Bus
 from control_plane.core.config import Settings
 from pipelines.catalog import Catalog, PublishedProduct
-from pipelines.engine import Engine, StepLogs, tracing
+from pipelines.engine import Engine, RunNotFound, StepLogs, tracing
 from pipelines.engine.runs import load_run
 from pipelines.executors.base import Executor, LogSink
 from pipelines.executors.kubernetes import KubernetesExecutor
@@ -24,6 +26,8 @@ from pipelines.triggers.cron import CronTriggers
 from pipelines.triggers.reprocessing import Campaigns
 from pipelines.triggers.systematic import SystematicTrigger
 from pipelines.upkeep import CatalogUpkeep
+
+log = logging.getLogger(__name__)
 
 EXECUTORS: dict[str, type[LocalExecutor] | type[KubernetesExecutor]] = {
     "local": LocalExecutor,
@@ -87,8 +91,12 @@ class Production:
             row = self.catalog.get(product.id)
             if row["run_id"] is None:  # delivered from outside: no run, no trace
                 continue
-            with self.engine.db.connect() as connection:
-                run = load_run(connection, row["run_id"])
+            try:
+                with self.engine.db.connect() as connection:
+                    run = load_run(connection, row["run_id"])
+            except RunNotFound:  # registered by hand for a run that is not in this database
+                log.warning("product %s released: its run %s is unknown, no trace", product.id, row["run_id"])
+                continue
             tracing.published(
                 self.traces,
                 run,
