@@ -1,0 +1,205 @@
+"""Compile pySigma's parsed detection values into matchers over one event value.
+
+pySigma has already applied the modifiers when it parsed the rule: ``contains`` became wildcards around a
+SigmaString, ``base64``/``utf16``/``wide`` re-encoded the string, ``base64offset`` and ``windash`` became a
+SigmaExpansion of alternatives, ``re``/``cidr``/``gt``... became their own types. So compiling the *values* covers
+every modifier without re-parsing YAML, and a modifier pySigma adds later shows up here as an unknown type,
+which is refused by name rather than silently mismatched.
+
+Matching follows Sigma: strings compare case-insensitively unless ``cased``; ``*`` and ``?`` are wildcards;
+regular expressions are case-sensitive unless the ``i`` flag is given and match anywhere in the value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import re2
+from sigma.types import (
+    CompareOperators,
+    Placeholder,
+    SigmaBool,
+    SigmaCasedString,
+    SigmaCIDRExpression,
+    SigmaCompareExpression,
+    SigmaExpansion,
+    SigmaNumber,
+    SigmaRegularExpression,
+    SigmaRegularExpressionFlag,
+    SigmaString,
+    SigmaTimestampPart,
+    SigmaType,
+    SpecialChars,
+)
+
+from security.sigma.errors import UnsupportedValue
+
+ValueMatcher = Callable[[Any], bool]
+"""Tests one scalar event value (never a list: the caller spreads lists)."""
+
+Placeholders = Mapping[str, Sequence[str]]
+"""``expand`` placeholder name (without ``%``) -> the values it stands for, from configuration."""
+
+_RE2_OPTIONS_FLAGS = {
+    SigmaRegularExpressionFlag.IGNORECASE: "i",
+    SigmaRegularExpressionFlag.MULTILINE: "m",
+    SigmaRegularExpressionFlag.DOTALL: "s",
+}
+
+
+def as_text(value: Any) -> str | None:
+    """The text a string pattern is compared with: numbers and booleans as they would be written in a log."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return None
+
+
+def as_number(value: Any) -> float | None:
+    """The number a comparison or numeric value sees: numeric strings count, booleans and NaN do not."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return None if isinstance(value, float) and math.isnan(value) else float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+        return None if math.isnan(number) else number
+    return None
+
+
+def _pattern_regex(parts: Sequence[Any], placeholders: Placeholders) -> str:
+    """An RE2 pattern for a wildcard string; placeholders become alternations of their configured values."""
+    out: list[str] = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(re2.escape(part))
+        elif part is SpecialChars.WILDCARD_MULTI:
+            out.append(".*")
+        elif part is SpecialChars.WILDCARD_SINGLE:
+            out.append(".")
+        elif isinstance(part, Placeholder):
+            if part.name not in placeholders:
+                raise UnsupportedValue(f"expand placeholder %{part.name}% has no configured values")
+            alternatives = [_pattern_regex(SigmaString(v).s, placeholders) for v in placeholders[part.name]]
+            out.append("(?:" + "|".join(alternatives) + ")" if alternatives else "(?!)")
+        else:
+            raise UnsupportedValue(f"unsupported string part {part!r}")
+    return "".join(out)
+
+
+def string_matcher(value: SigmaString, placeholders: Placeholders) -> ValueMatcher:
+    """Match a Sigma string; the common shapes (plain, ``*x``, ``x*``, ``*x*``) avoid the regex engine."""
+    cased = isinstance(value, SigmaCasedString)
+    parts = list(value.s)
+    fold: Callable[[str], str] = (lambda s: s) if cased else str.lower
+    if not any(isinstance(p, Placeholder) for p in parts):
+        inner = parts[1:-1] if len(parts) >= 2 else []
+        multi = SpecialChars.WILDCARD_MULTI
+        if all(isinstance(p, str) for p in parts):
+            literal = fold("".join(p for p in parts if isinstance(p, str)))
+            return lambda v: (t := as_text(v)) is not None and fold(t) == literal
+        if len(parts) == 2 and parts[0] is multi and isinstance(parts[1], str):
+            suffix = fold(parts[1])
+            return lambda v: (t := as_text(v)) is not None and fold(t).endswith(suffix)
+        if len(parts) == 2 and parts[1] is multi and isinstance(parts[0], str):
+            prefix = fold(parts[0])
+            return lambda v: (t := as_text(v)) is not None and fold(t).startswith(prefix)
+        if len(parts) == 3 and parts[0] is multi and parts[2] is multi and isinstance(inner[0], str):
+            needle = fold(inner[0])
+            return lambda v: (t := as_text(v)) is not None and needle in fold(t)
+        if parts == [multi]:
+            return lambda v: as_text(v) is not None
+    flags = "(?s)" if cased else "(?si)"
+    try:
+        compiled = re2.compile(flags + _pattern_regex(parts, placeholders))
+    except re2.error as exc:
+        raise UnsupportedValue(f"string {value.original!r} cannot be compiled: {exc}") from exc
+    return lambda v: (t := as_text(v)) is not None and compiled.fullmatch(t) is not None
+
+
+def regex_matcher(value: SigmaRegularExpression) -> ValueMatcher:
+    """A ``re`` value on RE2, so an uploaded rule cannot stall detection with catastrophic backtracking."""
+    flags = "".join(sorted(_RE2_OPTIONS_FLAGS[f] for f in value.flags))
+    source = value.regexp.to_plain() if isinstance(value.regexp, SigmaString) else str(value.regexp)
+    pattern = (f"(?{flags})" if flags else "") + str(source)
+    try:
+        compiled = re2.compile(pattern)
+    except re2.error as exc:
+        raise UnsupportedValue(f"regular expression {source!r} is not supported by RE2: {exc}") from exc
+    return lambda v: (t := as_text(v)) is not None and compiled.search(t) is not None
+
+
+def cidr_matcher(value: SigmaCIDRExpression) -> ValueMatcher:
+    """IPv4 or IPv6 network membership; a value that is not an address is simply not in the network."""
+    network = value.network
+
+    def match(v: Any) -> bool:
+        if not isinstance(v, str):
+            return False
+        try:
+            address = ipaddress.ip_address(v.strip())
+        except ValueError:
+            return False
+        return address.version == network.version and address in network
+
+    return match
+
+
+_COMPARE: dict[CompareOperators, Callable[[float, float], bool]] = {
+    CompareOperators.LT: lambda a, b: a < b,
+    CompareOperators.LTE: lambda a, b: a <= b,
+    CompareOperators.GT: lambda a, b: a > b,
+    CompareOperators.GTE: lambda a, b: a >= b,
+    CompareOperators.NEQ: lambda a, b: a != b,
+}
+
+
+def compare_matcher(value: SigmaCompareExpression) -> ValueMatcher:
+    """``gt``/``gte``/``lt``/``lte``: numeric, so ``"10"`` in an event compares as 10, and text never matches."""
+    op = _COMPARE[value.op]
+    bound = float(value.number.number)
+    return lambda v: (n := as_number(v)) is not None and op(n, bound)
+
+
+def number_matcher(value: SigmaNumber) -> ValueMatcher:
+    """A plain number matches the same number whether the log wrote it as a number or as text."""
+    expected = float(value.number)
+    return lambda v: (n := as_number(v)) is not None and n == expected
+
+
+def bool_matcher(value: SigmaBool) -> ValueMatcher:
+    """A boolean matches a JSON boolean or its text form (``true``/``false``, any case)."""
+    expected = value.boolean
+    text = "true" if expected else "false"
+    return lambda v: v is expected if isinstance(v, bool) else isinstance(v, str) and v.lower() == text
+
+
+def value_matcher(value: SigmaType, placeholders: Placeholders) -> ValueMatcher:
+    """The matcher for one scalar-comparable value; types that need the whole event are handled by the caller."""
+    if isinstance(value, SigmaTimestampPart):
+        raise UnsupportedValue("timestamp part modifiers (minute, hour, day, ...) are not supported")
+    if isinstance(value, SigmaString):
+        return string_matcher(value, placeholders)
+    if isinstance(value, SigmaRegularExpression):
+        return regex_matcher(value)
+    if isinstance(value, SigmaCIDRExpression):
+        return cidr_matcher(value)
+    if isinstance(value, SigmaCompareExpression):
+        return compare_matcher(value)
+    if isinstance(value, SigmaNumber):
+        return number_matcher(value)
+    if isinstance(value, SigmaBool):
+        return bool_matcher(value)
+    if isinstance(value, SigmaExpansion):
+        matchers = [value_matcher(v, placeholders) for v in value.values]
+        return lambda v: any(m(v) for m in matchers)
+    raise UnsupportedValue(f"unsupported value type {type(value).__name__}")
