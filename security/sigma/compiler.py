@@ -11,13 +11,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from sigma.collection import SigmaCollection
 from sigma.exceptions import SigmaError
 from sigma.rule import SigmaRule
 
 from security.sigma.conditions import Event, Predicate, compile_condition
 from security.sigma.errors import SigmaCompileError, UnsupportedValue
+from security.sigma.modifiers import register_spec_aliases
 from security.sigma.values import Placeholders
+
+register_spec_aliases()
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,7 @@ def compile_yaml(text: str, placeholders: Placeholders | None = None) -> Compile
     """Parse and compile a single-rule YAML document; parse errors are reported like compile errors."""
     try:
         rule = SigmaRule.from_yaml(text, collect_errors=False)
-    except SigmaError as exc:
+    except (SigmaError, yaml.YAMLError) as exc:
         raise SigmaCompileError(_yaml_title(text), f"invalid Sigma rule: {exc}") from exc
     return compile_rule(rule, placeholders)
 
