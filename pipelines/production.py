@@ -18,9 +18,13 @@ from pipelines.catalog import Catalog, PublishedProduct
 from pipelines.engine import Engine, RunNotFound, StepLogs, tracing
 from pipelines.engine.runs import load_run
 from pipelines.executors.base import Executor, LogSink
-from pipelines.executors.kubernetes import KubernetesExecutor
+from pipelines.executors.kubernetes import (
+    KubernetesExecutor,
+    KubernetesExecutorError,
+    check_cluster_configuration,
+)
 from pipelines.executors.local import LocalExecutor
-from pipelines.registry import ChainRegistry
+from pipelines.registry import ChainRegistry, ChainSpecError
 from pipelines.traces import TraceWriter
 from pipelines.triggers.cron import CronTriggers
 from pipelines.triggers.reprocessing import Campaigns
@@ -33,6 +37,24 @@ EXECUTORS: dict[str, type[LocalExecutor] | type[KubernetesExecutor]] = {
     "local": LocalExecutor,
     "kubernetes": KubernetesExecutor,
 }
+
+
+class ProductionConfigError(Exception):
+    """Production cannot start with this configuration; ``str()`` is the one line shown to the operator."""
+
+
+def check_configuration(settings: Settings) -> None:
+    """What ``refsys serve`` checks before it touches any state: the chain files validate against the
+    configuration, and the configured executor can reach what it needs (for Kubernetes, its cluster config)."""
+    try:
+        ChainRegistry.load(settings)
+        if settings.production.executor == "kubernetes":
+            check_cluster_configuration(settings.production.kubernetes)
+    except ChainSpecError as exc:
+        more = f" (and {len(exc.problems) - 1} more: refsys pipelines list)" if len(exc.problems) > 1 else ""
+        raise ProductionConfigError(f"config error: chain files: {exc.problems[0]}{more}") from None
+    except KubernetesExecutorError as exc:
+        raise ProductionConfigError(f"config error: {exc}") from None
 
 
 def open_executor(settings: Settings, on_log: LogSink) -> Executor:

@@ -51,12 +51,18 @@ def serve(config_file: Path | None, host: str | None, port: int | None, demo: bo
 
     from control_plane.app import create_app
     from control_plane.core.logs import configure_logging
+    from pipelines.production import ProductionConfigError
+    from pipelines.production import check_configuration as check_production
 
     settings = settings_from(config_file)
     overrides = {key: value for key, value in {"host": host, "port": port}.items() if value is not None}
     if overrides:
         settings = settings.model_copy(update={"server": settings.server.model_copy(update=overrides)})
     configure_logging(settings.logging.level)
+    try:
+        check_production(settings)
+    except ProductionConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
     engine = open_state(settings)
     if demo:
         token = mint_audited(

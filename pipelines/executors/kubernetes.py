@@ -509,6 +509,12 @@ class KubernetesExecutor(Executor):
         return True
 
 
+def check_cluster_configuration(settings: KubernetesExecutorSettings) -> None:
+    """Load the cluster configuration once, as the executor will (``KubernetesExecutorError`` naming the
+    setting when it cannot be), so that ``refsys serve`` refuses to start instead of failing later."""
+    _api_client_from(settings, pool_size=1).close()
+
+
 def _api_client_from(settings: KubernetesExecutorSettings, *, pool_size: int) -> client.ApiClient:
     """An API client from the configured kubeconfig, or from the Pod's service account when none is set."""
     configuration = client.Configuration()

@@ -49,6 +49,14 @@ def _serve(workdir: Path, config: str) -> subprocess.CompletedProcess[str]:
             "database:\n  url: sqlite:////nonexistent/dir/refsys.db\n",
             "directory /nonexistent/dir does not exist",
         ),
+        (
+            "production:\n  executor: kubernetes\n  kubernetes:\n    kubeconfig: /nonexistent/kubeconfig\n",
+            "production.kubernetes: cannot load the kubeconfig /nonexistent/kubeconfig",
+        ),
+        (
+            "production:\n  chain_dirs: [/nonexistent/chains]\n",
+            "config error: chain files: /nonexistent/chains",
+        ),
     ],
 )
 def test_bad_configuration_stops_serve_with_exit_2_and_creates_nothing(
