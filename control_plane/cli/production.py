@@ -36,8 +36,7 @@ from control_plane.core.bus import create_bus
 from pipelines import tables
 from pipelines.engine import BadRunRequest, RunRequest
 from pipelines.engine.states import RUN_TERMINAL
-from pipelines.production import Production
-from pipelines.registry import ChainSpecError
+from pipelines.production import Production, ProductionConfigError, check_configuration
 
 POLL_S = 0.25
 
@@ -96,12 +95,13 @@ def run(
 
 def _run_local(config_file: Path | None, request: RunRequest, timeout_s: float) -> dict[str, Any]:
     settings = settings_from(config_file)
+    try:
+        check_configuration(settings)
+    except ProductionConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
     engine = open_state(settings)
     bus = create_bus(settings)
-    try:
-        production = Production(settings, engine, bus, open_trail(settings, engine))
-    except ChainSpecError as exc:
-        fail("; ".join(exc.problems), EXIT_USAGE)
+    production = Production(settings, engine, bus, open_trail(settings, engine))
     trigger = production.systematic
     started = clock.utcnow()
     try:
