@@ -64,6 +64,8 @@ def compile_rule(rule: SigmaRule, placeholders: Placeholders | None = None) -> C
         raise SigmaCompileError(name, str(exc)) from exc
     except SigmaError as exc:
         raise SigmaCompileError(name, str(exc)) from exc
+    except Exception as exc:  # a pySigma defect on an odd rule must not take the caller down with it
+        raise SigmaCompileError(name, f"unexpected {type(exc).__name__} while compiling: {exc}") from exc
     if not conditions:
         raise SigmaCompileError(name, "rule has no condition")
     if len(conditions) == 1:

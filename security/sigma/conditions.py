@@ -73,8 +73,9 @@ def field_predicate(field: str, value: SigmaType, placeholders: Placeholders) ->
     if isinstance(value, SigmaNull):
         return lambda event: event.get(field) is None
     if isinstance(value, SigmaExists):
+        # The specification: "only verifies the presence of a field, not its value, be it empty or null".
         wanted = value.exists
-        return lambda event: (event.get(field) is not None) is wanted
+        return lambda event: (field in event) is wanted
     if isinstance(value, SigmaFieldReference):
         return _field_reference(field, value)
     if isinstance(value, SigmaExpansion) and any(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import re2
@@ -33,6 +34,7 @@ from sigma.types import (
     SigmaTimestampPart,
     SigmaType,
     SpecialChars,
+    TimestampPart,
 )
 
 from security.sigma.errors import UnsupportedValue
@@ -74,6 +76,15 @@ def as_number(value: Any) -> float | None:
             return None
         return None if math.isnan(number) else number
     return None
+
+
+def _re2_text(text: str) -> str:
+    """RE2 works on UTF-8; a lone surrogate (legal in JSON escapes) would raise, so it is replaced instead."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def _pattern_regex(parts: Sequence[Any], placeholders: Placeholders) -> str:
@@ -123,7 +134,7 @@ def string_matcher(value: SigmaString, placeholders: Placeholders) -> ValueMatch
         compiled = re2.compile(flags + _pattern_regex(parts, placeholders))
     except re2.error as exc:
         raise UnsupportedValue(f"string {value.original!r} cannot be compiled: {exc}") from exc
-    return lambda v: (t := as_text(v)) is not None and compiled.fullmatch(t) is not None
+    return lambda v: (t := as_text(v)) is not None and compiled.fullmatch(_re2_text(t)) is not None
 
 
 def regex_matcher(value: SigmaRegularExpression) -> ValueMatcher:
@@ -135,7 +146,7 @@ def regex_matcher(value: SigmaRegularExpression) -> ValueMatcher:
         compiled = re2.compile(pattern)
     except re2.error as exc:
         raise UnsupportedValue(f"regular expression {source!r} is not supported by RE2: {exc}") from exc
-    return lambda v: (t := as_text(v)) is not None and compiled.search(t) is not None
+    return lambda v: (t := as_text(v)) is not None and compiled.search(_re2_text(t)) is not None
 
 
 def cidr_matcher(value: SigmaCIDRExpression) -> ValueMatcher:
@@ -183,10 +194,46 @@ def bool_matcher(value: SigmaBool) -> ValueMatcher:
     return lambda v: v is expected if isinstance(v, bool) else isinstance(v, str) and v.lower() == text
 
 
+def as_datetime(value: Any) -> datetime | None:
+    """A log's timestamp as written (ISO 8601 text, or epoch seconds/milliseconds taken as UTC).
+
+    The specification says time modifiers do no timezone conversion, so text keeps its own wall-clock time.
+    """
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    number = as_number(value)
+    if number is None:
+        return None
+    try:
+        return datetime.fromtimestamp(number / 1000 if abs(number) >= 1e11 else number, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+_TIME_PARTS: dict[TimestampPart, Callable[[datetime], int]] = {
+    TimestampPart.MINUTE: lambda d: d.minute,
+    TimestampPart.HOUR: lambda d: d.hour,
+    TimestampPart.DAY: lambda d: d.day,
+    TimestampPart.WEEK: lambda d: d.isocalendar().week,
+    TimestampPart.MONTH: lambda d: d.month,
+    TimestampPart.YEAR: lambda d: d.year,
+}
+
+
+def timestamp_part_matcher(value: SigmaTimestampPart) -> ValueMatcher:
+    """``minute``/``hour``/``day``/``week`` (ISO week)/``month``/``year``: that part of the field's date equals the value."""
+    extract = _TIME_PARTS[value.timestamp_part]
+    expected = int(value.number)
+    return lambda v: (d := as_datetime(v)) is not None and extract(d) == expected
+
+
 def value_matcher(value: SigmaType, placeholders: Placeholders) -> ValueMatcher:
     """The matcher for one scalar-comparable value; types that need the whole event are handled by the caller."""
     if isinstance(value, SigmaTimestampPart):
-        raise UnsupportedValue("timestamp part modifiers (minute, hour, day, ...) are not supported")
+        return timestamp_part_matcher(value)
     if isinstance(value, SigmaString):
         return string_matcher(value, placeholders)
     if isinstance(value, SigmaRegularExpression):

@@ -103,10 +103,6 @@ def test_unknown_modifier_is_refused_with_the_rule_named() -> None:
     expect_error({"selection": {"F|frobnicate": "x"}, "condition": "selection"}, "frobnicate")
 
 
-def test_timestamp_part_modifier_is_refused() -> None:
-    expect_error({"selection": {"T|minute": 5}, "condition": "selection"}, "timestamp part")
-
-
 def test_expand_without_configured_placeholder_is_refused() -> None:
     expect_error({"selection": {"U|expand": "%admins%"}, "condition": "selection"}, "%admins%")
 
