@@ -137,11 +137,28 @@ def string_matcher(value: SigmaString, placeholders: Placeholders) -> ValueMatch
     return lambda v: (t := as_text(v)) is not None and compiled.fullmatch(_re2_text(t)) is not None
 
 
-def regex_matcher(value: SigmaRegularExpression) -> ValueMatcher:
+def _regex_source(regexp: SigmaString, placeholders: Placeholders) -> str:
+    """The regex text; with ``re|expand`` each placeholder becomes an alternation of its literal values."""
+    if not any(isinstance(p, Placeholder) for p in regexp.s):
+        return str(regexp.to_plain())
+    out: list[str] = []
+    for part in regexp.s:
+        if isinstance(part, str):
+            out.append(part)
+        elif isinstance(part, Placeholder):
+            if part.name not in placeholders:
+                raise UnsupportedValue(f"expand placeholder %{part.name}% has no configured values")
+            out.append("(?:" + "|".join(re2.escape(v) for v in placeholders[part.name]) + ")")
+        else:  # wildcards have no meaning inside a regex: they are its own * and ? characters
+            out.append("*" if part is SpecialChars.WILDCARD_MULTI else "?")
+    return "".join(out)
+
+
+def regex_matcher(value: SigmaRegularExpression, placeholders: Placeholders) -> ValueMatcher:
     """A ``re`` value on RE2, so an uploaded rule cannot stall detection with catastrophic backtracking."""
     flags = "".join(sorted(_RE2_OPTIONS_FLAGS[f] for f in value.flags))
-    source = value.regexp.to_plain() if isinstance(value.regexp, SigmaString) else str(value.regexp)
-    pattern = (f"(?{flags})" if flags else "") + str(source)
+    source = _regex_source(value.regexp, placeholders)
+    pattern = (f"(?{flags})" if flags else "") + source
     try:
         compiled = re2.compile(pattern)
     except re2.error as exc:
@@ -237,7 +254,7 @@ def value_matcher(value: SigmaType, placeholders: Placeholders) -> ValueMatcher:
     if isinstance(value, SigmaString):
         return string_matcher(value, placeholders)
     if isinstance(value, SigmaRegularExpression):
-        return regex_matcher(value)
+        return regex_matcher(value, placeholders)
     if isinstance(value, SigmaCIDRExpression):
         return cidr_matcher(value)
     if isinstance(value, SigmaCompareExpression):

@@ -120,3 +120,9 @@ def test_expand_inside_a_larger_string() -> None:
     rule = detect({"Path|expand": "/home/%user%/tmp"}, {"user": ["alice", "bob"]})
     assert rule.matches({"Path": "/HOME/Bob/tmp"})
     assert not rule.matches({"Path": "/home/carol/tmp"})
+
+
+def test_expand_in_a_regular_expression_takes_values_literally() -> None:
+    rule = detect({"Host|re|expand": "^%dcs%[0-9]+$"}, {"dcs": ["dc.", "ad"]})
+    assert rule.matches({"Host": "dc.12"})
+    assert not rule.matches({"Host": "dcx12"})
