@@ -29,7 +29,15 @@ from sigma.types import (
 )
 
 from security.sigma.errors import UnsupportedValue
-from security.sigma.values import Placeholders, ValueMatcher, as_text, value_matcher
+from security.sigma.values import (
+    Placeholders,
+    SimpleString,
+    ValueMatcher,
+    as_text,
+    simple_matcher,
+    simple_string,
+    value_matcher,
+)
 
 Event = Mapping[str, Any]
 Predicate = Callable[[Event], bool]
@@ -108,14 +116,51 @@ def keyword_predicate(value: SigmaType, placeholders: Placeholders) -> Predicate
     return lambda event: any(isinstance(v, str | list) and match(v) for v in event.values())
 
 
+def _all(parts: list[Predicate]) -> Predicate:
+    """AND; the common small arities avoid a generator per event."""
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        a, b = parts
+        return lambda event: a(event) and b(event)
+    return lambda event: all(p(event) for p in parts)
+
+
+def _any(parts: list[Predicate]) -> Predicate:
+    """OR; the common small arities avoid a generator per event."""
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        a, b = parts
+        return lambda event: a(event) or b(event)
+    return lambda event: any(p(event) for p in parts)
+
+
+def _on_field(field: str, match: Callable[[Any], bool]) -> Predicate:
+    return lambda event: match(event.get(field))
+
+
+def _or_args(args: list[Any], placeholders: Placeholders) -> list[Predicate]:
+    """OR-ed leaves on one field with simple string values become one predicate reading the field once."""
+    groups: dict[tuple[str, bool], list[SimpleString]] = {}
+    predicates: list[Predicate] = []
+    for arg in args:
+        simple = simple_string(arg.value) if isinstance(arg, ConditionFieldEqualsValueExpression) else None
+        if simple is None:
+            predicates.append(compile_condition(arg, placeholders))
+        else:
+            groups.setdefault((arg.field, simple.cased), []).append(simple)
+    for (field, _cased), items in groups.items():
+        predicates.append(_on_field(field, _spread(simple_matcher(items))))
+    return predicates
+
+
 def compile_condition(node: Any, placeholders: Placeholders) -> Predicate:
     """Turn one node of pySigma's postprocessed condition tree into a predicate."""
     if isinstance(node, ConditionAND):
-        parts = [compile_condition(arg, placeholders) for arg in node.args]
-        return lambda event: all(p(event) for p in parts)
+        return _all([compile_condition(arg, placeholders) for arg in node.args])
     if isinstance(node, ConditionOR):
-        parts = [compile_condition(arg, placeholders) for arg in node.args]
-        return lambda event: any(p(event) for p in parts)
+        return _any(_or_args(node.args, placeholders))
     if isinstance(node, ConditionNOT):
         inner = compile_condition(node.args[0], placeholders)
         return lambda event: not inner(event)

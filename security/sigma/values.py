@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,6 +79,26 @@ def as_number(value: Any) -> float | None:
     return None
 
 
+def _re2_options() -> Any:
+    """Quiet (a refused rule is reported by us, not logged by RE2 on stderr) and without capture groups."""
+    options = re2.Options()
+    options.log_errors = False
+    options.never_capture = True
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
+
+
+def _re2_compile(pattern: str, what: str) -> Any:
+    """Compile on RE2 or refuse with RE2's reason; RE2 has no backreferences or lookaround, by design."""
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise UnsupportedValue(f"{what} is not supported by RE2: {reason}") from exc
+
+
 def _re2_text(text: str) -> str:
     """RE2 works on UTF-8; a lone surrogate (legal in JSON escapes) would raise, so it is replaced instead."""
     try:
@@ -107,33 +128,78 @@ def _pattern_regex(parts: Sequence[Any], placeholders: Placeholders) -> str:
     return "".join(out)
 
 
-def string_matcher(value: SigmaString, placeholders: Placeholders) -> ValueMatcher:
-    """Match a Sigma string; the common shapes (plain, ``*x``, ``x*``, ``*x*``) avoid the regex engine."""
+@dataclass(frozen=True)
+class SimpleString:
+    """A wildcard string shaped ``x``, ``x*``, ``*x`` or ``*x*``: plain string operations, no regex needed.
+
+    Sigma rules are mostly lists of such values on one field (``Image|endswith: [...]``), so the condition
+    compiler groups them into one matcher that reads and lower-cases the field once.
+    """
+
+    kind: str  # "equals", "startswith", "endswith" or "contains"
+    literal: str  # already lower-cased unless cased
+    cased: bool
+
+
+def simple_string(value: SigmaType) -> SimpleString | None:
+    """The SimpleString form of a value, or None when it needs the regex engine (or is not a string)."""
+    if not isinstance(value, SigmaString):
+        return None
     cased = isinstance(value, SigmaCasedString)
     parts = list(value.s)
-    fold: Callable[[str], str] = (lambda s: s) if cased else str.lower
-    if not any(isinstance(p, Placeholder) for p in parts):
-        inner = parts[1:-1] if len(parts) >= 2 else []
-        multi = SpecialChars.WILDCARD_MULTI
-        if all(isinstance(p, str) for p in parts):
-            literal = fold("".join(p for p in parts if isinstance(p, str)))
-            return lambda v: (t := as_text(v)) is not None and fold(t) == literal
-        if len(parts) == 2 and parts[0] is multi and isinstance(parts[1], str):
-            suffix = fold(parts[1])
-            return lambda v: (t := as_text(v)) is not None and fold(t).endswith(suffix)
-        if len(parts) == 2 and parts[1] is multi and isinstance(parts[0], str):
-            prefix = fold(parts[0])
-            return lambda v: (t := as_text(v)) is not None and fold(t).startswith(prefix)
-        if len(parts) == 3 and parts[0] is multi and parts[2] is multi and isinstance(inner[0], str):
-            needle = fold(inner[0])
-            return lambda v: (t := as_text(v)) is not None and needle in fold(t)
-        if parts == [multi]:
-            return lambda v: as_text(v) is not None
+    multi = SpecialChars.WILDCARD_MULTI
+    if any(isinstance(p, Placeholder) for p in parts):
+        return None
+
+    def make(kind: str, literal: Any) -> SimpleString:
+        return SimpleString(kind, literal if cased else literal.lower(), cased)
+
+    if all(isinstance(p, str) for p in parts):
+        return make("equals", "".join(p for p in parts if isinstance(p, str)))
+    if parts == [multi]:
+        return make("contains", "")
+    if len(parts) == 2 and parts[0] is multi and isinstance(parts[1], str):
+        return make("endswith", parts[1])
+    if len(parts) == 2 and parts[1] is multi and isinstance(parts[0], str):
+        return make("startswith", parts[0])
+    if len(parts) == 3 and parts[0] is multi and parts[2] is multi and isinstance(parts[1], str):
+        return make("contains", parts[1])
+    return None
+
+
+def simple_matcher(items: Sequence[SimpleString]) -> ValueMatcher:
+    """One matcher for several simple strings OR-ed on one field (all cased, or all not)."""
+    cased = items[0].cased
+    equals = frozenset(i.literal for i in items if i.kind == "equals")
+    starts = tuple(i.literal for i in items if i.kind == "startswith")
+    ends = tuple(i.literal for i in items if i.kind == "endswith")
+    contains = tuple(i.literal for i in items if i.kind == "contains")
+
+    def match(value: Any) -> bool:
+        text = value if value.__class__ is str else as_text(value)
+        if text is None:
+            return False
+        if not cased:
+            text = text.lower()
+        return (
+            text in equals
+            or text.startswith(starts)
+            or text.endswith(ends)
+            or any(needle in text for needle in contains)
+        )
+
+    return match
+
+
+def string_matcher(value: SigmaString, placeholders: Placeholders) -> ValueMatcher:
+    """Match a Sigma string; the common shapes (plain, ``*x``, ``x*``, ``*x*``) avoid the regex engine."""
+    simple = simple_string(value)
+    if simple is not None:
+        return simple_matcher([simple])
+    cased = isinstance(value, SigmaCasedString)
+    parts = list(value.s)
     flags = "(?s)" if cased else "(?si)"
-    try:
-        compiled = re2.compile(flags + _pattern_regex(parts, placeholders))
-    except re2.error as exc:
-        raise UnsupportedValue(f"string {value.original!r} cannot be compiled: {exc}") from exc
+    compiled = _re2_compile(flags + _pattern_regex(parts, placeholders), f"string {value.original!r}")
     return lambda v: (t := as_text(v)) is not None and compiled.fullmatch(_re2_text(t)) is not None
 
 
@@ -159,10 +225,7 @@ def regex_matcher(value: SigmaRegularExpression, placeholders: Placeholders) -> 
     flags = "".join(sorted(_RE2_OPTIONS_FLAGS[f] for f in value.flags))
     source = _regex_source(value.regexp, placeholders)
     pattern = (f"(?{flags})" if flags else "") + source
-    try:
-        compiled = re2.compile(pattern)
-    except re2.error as exc:
-        raise UnsupportedValue(f"regular expression {source!r} is not supported by RE2: {exc}") from exc
+    compiled = _re2_compile(pattern, f"regular expression {source!r}")
     return lambda v: (t := as_text(v)) is not None and compiled.search(_re2_text(t)) is not None
 
 

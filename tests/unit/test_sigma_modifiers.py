@@ -126,3 +126,34 @@ def test_expand_in_a_regular_expression_takes_values_literally() -> None:
     rule = detect({"Host|re|expand": "^%dcs%[0-9]+$"}, {"dcs": ["dc.", "ad"]})
     assert rule.matches({"Host": "dc.12"})
     assert not rule.matches({"Host": "dcx12"})
+
+
+@pytest.mark.parametrize(
+    ("value", "hit"),
+    [
+        ("EXACT", True),
+        ("prefix-x", True),
+        ("x-suffix", True),
+        ("a mid b", True),
+        ("5", True),
+        ("exactly", False),
+    ],
+)
+def test_one_field_list_mixing_shapes_and_types(value: str, hit: bool) -> None:
+    rule = detect({"F": ["exact", "pre*", "*suffix", "*mid*", 5]})
+    assert rule.matches({"F": value}) is hit
+
+
+def test_cased_and_uncased_alternatives_on_one_field_keep_their_own_casing() -> None:
+    rule = compile_yaml(
+        yaml.safe_dump(
+            {
+                "title": "mixed casing",
+                "logsource": {"product": "test"},
+                "detection": {"selection": [{"F|cased": "Upper"}, {"F": "lower"}], "condition": "selection"},
+            }
+        )
+    )
+    assert rule.matches({"F": "Upper"})
+    assert rule.matches({"F": "LOWER"})
+    assert not rule.matches({"F": "upper"})
