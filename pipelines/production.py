@@ -8,9 +8,11 @@ thread. Like ``security.telemetry.Telemetry``, it holds no state of its own: eve
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from sqlalchemy.engine import Engine as DbEngine
 
+from control_plane.core import clock
 from control_plane.core.audit.trail import Actor, AuditTrail
 from control_plane.core.bus import Bus
 from control_plane.core.config import Settings
@@ -29,7 +31,8 @@ from pipelines.traces import TraceWriter
 from pipelines.triggers.cron import CronTriggers
 from pipelines.triggers.reprocessing import Campaigns
 from pipelines.triggers.systematic import SystematicTrigger
-from pipelines.upkeep import CatalogUpkeep
+from pipelines.upkeep import ACTOR as UPKEEP_ACTOR
+from pipelines.upkeep import Upkeep, remove_old_work_dirs
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,25 @@ class Production:
         self.campaigns = Campaigns(
             settings=settings, db=engine, registry=self.registry, engine=self.engine, audit=audit
         )
-        self.upkeep = CatalogUpkeep(self.catalog, rescan=self.rescan_held)
+        self.upkeep = Upkeep(
+            {
+                "retention": lambda: self.catalog.evict_expired(clock.utcnow()),
+                "rescan of held products": self._rescan_if_scanning,
+                "old execution directories": self._remove_old_work_dirs,
+            }
+        )
+
+    def _remove_old_work_dirs(self) -> int:
+        """Both executors lay executions out as ``RUN_ID/STEP/ATTEMPT``: locally under ``work_dir``, on
+        Kubernetes on the shared work volume the control plane mounts at ``work_mount``."""
+        keep = timedelta(days=self.settings.production.local.keep_work_days)
+        roots = [self.settings.work_dir, self.settings.production.kubernetes.work_mount]
+        return sum(
+            remove_old_work_dirs(self.engine.db, root, keep=keep) for root in roots if root is not None
+        )
+
+    def _rescan_if_scanning(self) -> list[PublishedProduct]:
+        return self.rescan_held(UPKEEP_ACTOR) if self.catalog.scanner is not None else []
 
     def rescan_held(self, actor: Actor) -> list[PublishedProduct]:
         """Scan the products held while clamd was away again; a run output released now gets the PUBLISHED

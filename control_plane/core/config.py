@@ -234,6 +234,9 @@ class LocalExecutorSettings(_Section):
     """RLIMIT_AS of a step's process, as a multiple of its memory request (address space exceeds RSS)."""
     max_open_files: int = Field(1024, ge=16)
     """RLIMIT_NOFILE of a step's process."""
+    keep_work_days: float = Field(7.0, gt=0)
+    """Days an ended run's execution directories (logs, scratch) are kept before upkeep removes them (locally
+    and on the Kubernetes work volume)."""
 
 
 _CLAIM_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
