@@ -112,13 +112,17 @@ def _run_local(config_file: Path | None, request: RunRequest, timeout_s: float) 
         production.start(triggers=False)  # this command drives the systematic trigger; no cron
         progress = _Progress()
         deadline = time.monotonic() + timeout_s
+        views: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             triggered = trigger.run_once(timeout_s=POLL_S)
-            progress.show(_followed(engine, first, started))
-            if not triggered and production.engine.idle():
+            views = _followed(engine, first, started)
+            progress.show(views)
+            # Outputs are announced before their run ends: once every followed run has ended, one more empty
+            # poll proves no product of theirs is left to start a run.
+            if not triggered and _all_ended(views) and not trigger.run_once(timeout_s=POLL_S):
                 break
         views = _followed(engine, first, started)
-        return {"runs": [_summary(view) for view in views], "timed_out": not production.engine.idle()}
+        return {"runs": [_summary(view) for view in views], "timed_out": not _all_ended(views)}
     finally:
         production.stop()
         bus.close()
@@ -126,11 +130,12 @@ def _run_local(config_file: Path | None, request: RunRequest, timeout_s: float) 
 
 
 def _followed(engine: sa.Engine, first: str, since: Any) -> list[dict[str, Any]]:
-    """The run this command started and the runs started after it by its products (systematic triggers)."""
-    runs = tables.runs
+    """The run this command started and its descendants: the systematic runs fed by products of a followed run
+    (not other runs that happen to start meanwhile, e.g. those of a server on the same database)."""
+    runs, products = tables.runs, tables.products
     with engine.connect() as connection:
-        rows = connection.execute(
-            sa.select(runs.c.id, runs.c.chain_id, runs.c.state, runs.c.reason, runs.c.trigger)
+        candidates = connection.execute(
+            sa.select(runs.c.id, runs.c.chain_id, runs.c.state, runs.c.reason, runs.c.trigger, runs.c.inputs)
             .where(
                 sa.or_(
                     runs.c.id == first, sa.and_(runs.c.trigger == "systematic", runs.c.created_at >= since)
@@ -138,16 +143,23 @@ def _followed(engine: sa.Engine, first: str, since: Any) -> list[dict[str, Any]]
             )
             .order_by(runs.c.created_at)
         ).all()
+        made = connection.execute(
+            sa.select(products.c.run_id, products.c.id, products.c.name, products.c.state).where(
+                products.c.run_id.in_([row.id for row in candidates])
+            )
+        ).all()
+        followed_ids = {first}
+        produced = {product.id for product in made if product.run_id == first}
+        for row in candidates:  # in creation order: a descendant is created after its ancestor's products
+            if row.id not in followed_ids and produced & set(row.inputs or []):
+                followed_ids.add(row.id)
+                produced |= {product.id for product in made if product.run_id == row.id}
+        rows = [row for row in candidates if row.id in followed_ids]
         steps = connection.execute(
             sa.select(tables.run_steps.c.run_id, tables.run_steps.c.name, tables.run_steps.c.state,
                       tables.run_steps.c.attempt)
-            .where(tables.run_steps.c.run_id.in_([row.id for row in rows]))
+            .where(tables.run_steps.c.run_id.in_(followed_ids))
         ).all()  # fmt: skip
-        products = connection.execute(
-            sa.select(tables.products.c.run_id, tables.products.c.name, tables.products.c.state).where(
-                tables.products.c.run_id.in_([row.id for row in rows])
-            )
-        ).all()
     return [
         {
             "id": row.id,
@@ -156,10 +168,14 @@ def _followed(engine: sa.Engine, first: str, since: Any) -> list[dict[str, Any]]
             "trigger": row.trigger,
             "reason": row.reason,
             "steps": {step.name: (step.state, step.attempt) for step in steps if step.run_id == row.id},
-            "products": [f"{p.name} ({p.state})" for p in products if p.run_id == row.id],
+            "products": [f"{p.name} ({p.state})" for p in made if p.run_id == row.id],
         }
         for row in rows
     ]
+
+
+def _all_ended(views: list[dict[str, Any]]) -> bool:
+    return bool(views) and all(view["state"] in RUN_TERMINAL for view in views)
 
 
 def _summary(view: dict[str, Any]) -> dict[str, Any]:
