@@ -46,7 +46,7 @@ ValueMatcher = Callable[[Any], bool]
 Placeholders = Mapping[str, Sequence[str]]
 """``expand`` placeholder name (without ``%``) -> the values it stands for, from configuration."""
 
-_RE2_OPTIONS_FLAGS = {
+_RE2_INLINE_FLAGS = {
     SigmaRegularExpressionFlag.IGNORECASE: "i",
     SigmaRegularExpressionFlag.MULTILINE: "m",
     SigmaRegularExpressionFlag.DOTALL: "s",
@@ -222,7 +222,7 @@ def _regex_source(regexp: SigmaString, placeholders: Placeholders) -> str:
 
 def regex_matcher(value: SigmaRegularExpression, placeholders: Placeholders) -> ValueMatcher:
     """A ``re`` value on RE2, so an uploaded rule cannot stall detection with catastrophic backtracking."""
-    flags = "".join(sorted(_RE2_OPTIONS_FLAGS[f] for f in value.flags))
+    flags = "".join(sorted(_RE2_INLINE_FLAGS[f] for f in value.flags))
     source = _regex_source(value.regexp, placeholders)
     pattern = (f"(?{flags})" if flags else "") + source
     compiled = _re2_compile(pattern, f"regular expression {source!r}")

@@ -34,7 +34,6 @@ class Case:
 
     info: Path
     rule_id: str
-    dump: Path | None
     events: tuple[dict[str, Any], ...]
 
 
@@ -121,7 +120,7 @@ def _cases(root: Path) -> list[Case]:
         events: list[dict[str, Any]] = []
         for dump in dumps:
             events.extend(flatten(obj) for obj in _json_objects(dump.read_text(encoding="utf-8")))
-        cases.append(Case(info, rule_id, dumps[0] if dumps else None, tuple(events)))
+        cases.append(Case(info, rule_id, tuple(events)))
     return cases
 
 
