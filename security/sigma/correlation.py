@@ -133,6 +133,21 @@ def _build(rule: SigmaCorrelationRule) -> _Correlation:
     )
 
 
+def _time(entry: Entry) -> float:
+    return float(entry[0])
+
+
+def _order(entry: Entry) -> tuple[float, int]:
+    """Event time first, ingest sequence to break ties."""
+    return (entry[0], entry[1])
+
+
+def _between(entries: list[Entry], start: float, end: float) -> list[Entry]:
+    """Entries with start <= time <= end (both inclusive), found by bisection in the time-ordered buffer."""
+    low = bisect.bisect_left(entries, start, key=_time)
+    return entries[low : bisect.bisect_right(entries, end, key=_time)]
+
+
 def load_correlations(collection: SigmaCollection) -> SigmaCollection:
     """Resolve references (by id or name) so each correlation knows the rules it correlates.
 
@@ -256,11 +271,11 @@ class CorrelationEngine:
         groups.move_to_end(gkey)
         value = fields.get(aliases.get(corr.field_name, corr.field_name)) if corr.field_name else None
         entries: list[Entry] = state["entries"]
-        if any(e[1] == seq and e[2] == slot for e in entries):
-            return []
-        bisect.insort(entries, [time, seq, slot, value], key=lambda e: (e[0], e[1]))
+        if any(e[1] == seq and e[2] == slot for e in _between(entries, time, time)):
+            return []  # the same match replayed: counting it twice would be wrong
+        bisect.insort(entries, [time, seq, slot, value], key=_order)
         self._prune(corr, state)
-        ends = sorted({e[0] for e in entries if time <= e[0] <= time + corr.span})
+        ends = sorted({e[0] for e in _between(entries, time, time + corr.span)})
         if not corr.eager:
             for end in ends:
                 if end not in state["pending"] and end not in state["fired"]:
@@ -276,7 +291,7 @@ class CorrelationEngine:
             return
         bound = self.watermark - self.lateness
         entries = state["entries"]
-        cut = bisect.bisect_left([e[0] for e in entries], bound - corr.span)
+        cut = bisect.bisect_left(entries, bound - corr.span, key=_time)
         del entries[:cut]
         state["fired"] = [t for t in state["fired"] if t >= bound]
 
@@ -286,7 +301,7 @@ class CorrelationEngine:
         if end in state["fired"]:
             return None
         start = end - corr.span
-        window = [e for e in state["entries"] if start <= e[0] <= end]
+        window = _between(state["entries"], start, end)
         metric = measure(corr.kind, window, corr.percent)
         if metric is None or not compare(metric, corr.op, corr.count):
             return None

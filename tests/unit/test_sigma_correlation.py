@@ -323,3 +323,21 @@ def test_a_snapshot_of_another_version_is_refused() -> None:
     eng = engine(block(5), FAILED)
     with pytest.raises(ValueError, match="version"):
         eng.restore({"version": 0})
+
+
+def test_a_condition_that_more_events_could_break_waits_for_the_window_to_close() -> None:
+    # lt 2: a lone event qualifies only if no second one arrives inside its window before it closes
+    text = block(5).replace("gte: 100", "lt: 2")
+    eng = engine(text, FAILED, lateness=5)
+    host = {"ComputerName": "h1"}
+    assert eng.feed(FAILED, 0.0, 0, host) == []
+    assert eng.feed(FAILED, 0.0, 1, host) == []  # a tie: the window ending at 0 now holds two
+    assert eng.feed(FAILED, 10.0, 2, {"ComputerName": "h2"}) == []  # closes h1's window: 2 events, no alert
+    late = eng.feed(FAILED, 20.0, 3, {"ComputerName": "h3"})  # closes h2's window: 1 event
+    assert [(a.group, a.metric) for a in late] == [({"ComputerName": "h2"}, 1.0)]
+
+
+def test_a_match_without_its_group_by_field_is_counted_not_grouped() -> None:
+    eng = engine(block(5).replace("gte: 100", "gte: 1"), FAILED)
+    assert eng.feed(FAILED, 0.0, 0, {"User": "x"}) == []
+    assert eng.counters["missing_group_key"] == 1
