@@ -13,11 +13,15 @@ from pathlib import Path
 from sigma.exceptions import SigmaError
 from sigma.rule import SigmaRule
 
+from security.ecs import flatten
 from security.sigma import SigmaCompileError, compile_rule
 from security.sigma.routing import RuleClass, classify, compile_routed
+from security.sources.k8s_audit import KubernetesAuditAdapter
 from tests.shared_data import shared_file
+from tests.source_samples import run_sample
 
 RULE_DIRS = ("linux", "application/kubernetes", "network")
+K8S_TRACES = "falco-legacy-tests/test/trace_files/k8s_audit"
 
 
 def _rule_files() -> list[Path]:
@@ -64,3 +68,28 @@ def test_sigmahq_linux_kubernetes_network_rules_compile_and_are_classified() -> 
     assert sum(classes.values()) + len(unsupported) == len(files)
     # Every ingested source with SigmaHQ rules routes: only device logs refsys does not ingest are unroutable.
     assert classes[RuleClass.MAPPED] > classes[RuleClass.UNMAPPED] + classes[RuleClass.UNROUTABLE]
+
+
+def test_sigmahq_kubernetes_rules_fire_on_real_audit_events_normalised_by_the_adapter() -> None:
+    """The field table meets real documents: Falco's k8s_audit traces through refsys's own adapter, every
+    fully mapped SigmaHQ Kubernetes rule over them, so a wrong native path shows as a rule that stays silent."""
+    rules = []
+    for path in sorted(shared_file("sigmahq-sigma/rules/application/kubernetes").rglob("*.yml")):
+        rule = SigmaRule.from_yaml(path.read_text(encoding="utf-8"), collect_errors=False)
+        if classify(rule).rule_class is RuleClass.MAPPED:
+            rules.append((path.stem, compile_routed(rule)))
+    hits: dict[str, set[str]] = {}
+    for trace in sorted(shared_file(K8S_TRACES).glob("*.json")):
+        for doc in run_sample(KubernetesAuditAdapter(), trace).docs:
+            flat = dict(flatten({**doc, "event": {**doc.get("event", {}), "dataset": "kubernetes.audit"}}))
+            for name, routed in rules:
+                assert routed.routing.route is not None
+                if routed.routing.route.accepts(flat) and routed.compiled.matches(flat):
+                    hits.setdefault(trace.stem, set()).add(name)
+    print(f"\n{len(rules)} mapped Kubernetes rules; hits per trace:")
+    for trace_name, names in sorted(hits.items()):
+        print(f"  {trace_name}: {', '.join(sorted(names))}")
+    assert "kubernetes_audit_exec_into_container" in hits["exec_pod"]
+    assert "kubernetes_audit_secrets_modified_or_deleted" in hits["delete_secret"]
+    assert "kubernetes_audit_serviceaccount_creation" in hits["create_serviceaccount"]
+    assert "kubernetes_audit_rolebinding_modification" not in hits.get("create_configmap", set())
