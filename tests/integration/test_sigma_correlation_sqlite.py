@@ -14,10 +14,10 @@ What is compared, and why it is everything that matters: the backend anchors one
 is the engine's semantics (the issue's ``[t, t + timespan]`` names the same windows by their start). So the
 *sets* of (folded group values, window start, window end) must be equal, not just the groups that fire.
 Group values are compared case-folded because the backend reports them lowered while the engine reports the
-first-seen spelling (both group case-insensitively). Metrics and evidence (event ids) are compared too, which
-holds only because: for ``gte`` conditions the engine fires as soon as a window qualifies, so it reports the window as it
-stood then; the SQL sees the finished stream. On these streams no event arrives after a window it belongs to
-has fired, so the two coincide, and the test asserts it.
+first-seen spelling (both group case-insensitively). Metrics and evidence (event ids) are compared too. They
+could differ in one case: for ``gte`` conditions the engine fires as soon as a window qualifies and reports
+the window as it stood then, while the SQL sees the finished stream; on these streams no event arrives after
+a window it belongs to has fired, so the two coincide, and the test asserts it.
 
 The one difference in semantics left out on purpose: the engine drops events older than its watermark minus
 the allowed lateness (a stream cannot wait forever), while the SQL, reading a finished table, counts every
