@@ -153,6 +153,19 @@ def run_state(services: Services, run_id: str) -> str:
         )
 
 
+def rows_where(
+    services: Services, table: sa.Table, column: str, value: Any, order_by: str
+) -> list[dict[str, Any]]:
+    """The rows of ``table`` whose ``column`` is ``value``, as dicts ordered by ``order_by``."""
+    with services.engine.connect() as connection:
+        return [
+            dict(row._mapping)
+            for row in connection.execute(
+                sa.select(table).where(table.c[column] == value).order_by(table.c[order_by])
+            )
+        ]
+
+
 def parking_messages(services: Services) -> list[dict[str, Any]]:
     """Every run message on the ``parking-lot`` topic so far."""
     consumer = services.bus.consumer(topics.PARKING_LOT, f"test-{time.monotonic_ns()}")

@@ -16,6 +16,7 @@ from tests.integration.production_harness import (
     Harness,
     chain_yaml,
     parking_messages,
+    rows_where,
     run_state,
     step,
     wait_for,
@@ -23,18 +24,6 @@ from tests.integration.production_harness import (
 
 pytestmark = pytest.mark.timeout(180)
 OPERATOR = Actor(subject="alice", roles=("operator",), client="10.0.0.7")
-
-
-def _executions(services, run_id: str) -> list[dict]:  # type: ignore[no-untyped-def]
-    with services.engine.connect() as connection:
-        return [
-            dict(row._mapping)
-            for row in connection.execute(
-                sa.select(tables.step_executions)
-                .where(tables.step_executions.c.run_id == run_id)
-                .order_by(tables.step_executions.c.started_at)
-            )
-        ]
 
 
 def test_a_three_step_dag_runs_in_order_and_publishes_its_output(tmp_path: Path, db_url: str) -> None:
@@ -100,7 +89,7 @@ def test_a_failing_step_is_retried_with_backoff_then_succeeds(tmp_path: Path, db
         run_id, _ = production.engine.submit(RunRequest(chain_id="flaky"), OPERATOR)
         assert production.engine.run_until_idle(120)
         assert run_state(services, run_id) == "succeeded"
-        executions = _executions(services, run_id)
+        executions = rows_where(services, tables.step_executions, "run_id", run_id, "started_at")
         assert [(e["attempt"], e["outcome"], e["exit_code"]) for e in executions] == [
             (1, "failed", 3), (2, "failed", 3), (3, "succeeded", 0),
         ]  # fmt: skip

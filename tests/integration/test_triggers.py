@@ -17,22 +17,14 @@ from pipelines import tables
 from pipelines.engine import RunRequest
 from pipelines.triggers.reprocessing import CampaignError, CampaignRequest
 from tests.apps import bearer, running_app
-from tests.integration.production_harness import Harness, chain_yaml, run_state, step, wait_for
+from tests.integration.production_harness import Harness, chain_yaml, rows_where, run_state, step, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 OPERATOR = Actor(subject="alice", roles=("operator",), client="10.0.0.7")
 
 
 def _runs(services, chain_id: str) -> list[dict]:  # type: ignore[no-untyped-def]
-    with services.engine.connect() as connection:
-        return [
-            dict(row._mapping)
-            for row in connection.execute(
-                sa.select(tables.runs)
-                .where(tables.runs.c.chain_id == chain_id)
-                .order_by(tables.runs.c.created_at)
-            )
-        ]
+    return rows_where(services, tables.runs, "chain_id", chain_id, "created_at")
 
 
 def _upstream_and_downstream(harness: Harness) -> None:
