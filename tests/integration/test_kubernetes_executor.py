@@ -167,6 +167,20 @@ def launch(
     )
 
 
+async def started(
+    make_executor: Any, tmp_path: Path, **kubernetes: Any
+) -> tuple[KubernetesExecutor, Lines, Results, str]:
+    """A new executor, what it reports, and the name of the Job it created for the decode step."""
+    executor, lines = make_executor(**kubernetes)
+    results = Results(executor)
+    name = await asyncio.to_thread(executor.start, launch(tmp_path))
+    return executor, lines, results, name
+
+
+async def watching(cluster: Cluster) -> None:
+    await eventually(lambda: cluster.requests(kmock.action.WATCH, JOBS), "the Job watch")
+
+
 @pytest_asyncio.fixture
 async def cluster(kmock: kmock.KubernetesEmulator) -> Cluster:
     kmock.resources["batch/v1/jobs"] = kmock.ResourceInfo(
@@ -213,10 +227,8 @@ async def test_start_creates_the_job_once(cluster: Cluster, make_executor: Any, 
 async def test_watch_reports_success_and_streams_the_log(
     cluster: Cluster, make_executor: Any, tmp_path: Path
 ) -> None:
-    executor, lines = make_executor()
-    results = Results(executor)
-    name = await asyncio.to_thread(executor.start, launch(tmp_path))
-    await eventually(lambda: cluster.requests(kmock.action.WATCH, JOBS), "the Job watch")
+    _, lines, results, name = await started(make_executor, tmp_path)
+    await watching(cluster)
 
     await cluster.run_pod(name, log=b"reading S1A_IW_RAW__0SDV\r\nwrote 3 files\nno newline at the end")
     await cluster.job_status(name, {"active": 1, "ready": 1})
@@ -243,9 +255,7 @@ async def test_watch_reports_success_and_streams_the_log(
 async def test_failed_job_reports_the_container_exit_code(
     cluster: Cluster, make_executor: Any, tmp_path: Path
 ) -> None:
-    executor, _ = make_executor()
-    results = Results(executor)
-    name = await asyncio.to_thread(executor.start, launch(tmp_path))
+    _, _, results, name = await started(make_executor, tmp_path)
     await cluster.run_pod(name, log=b"decoder: checksum mismatch\n", exit_code=3)
     await cluster.job_status(
         name,
@@ -266,9 +276,7 @@ async def test_failed_job_reports_the_container_exit_code(
 
 @pytest.mark.asyncio
 async def test_deadline_exceeded_is_timed_out(cluster: Cluster, make_executor: Any, tmp_path: Path) -> None:
-    executor, _ = make_executor()
-    results = Results(executor)
-    name = await asyncio.to_thread(executor.start, launch(tmp_path))
+    _, _, results, name = await started(make_executor, tmp_path)
     failed = condition("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
     await cluster.job_status(name, {"failed": 1, "conditions": [failed]})
     result = await results.first()
@@ -296,9 +304,7 @@ async def test_410_gone_on_watch_relists_then_watches_again(
         first_watch << ({"type": "ERROR", "object": GONE},)
     else:
         first_watch << 410 << GONE
-    executor, _ = make_executor()
-    results = Results(executor)
-    name = await asyncio.to_thread(executor.start, launch(tmp_path))
+    executor, _, results, name = await started(make_executor, tmp_path)
 
     await eventually(lambda: len(cluster.requests(kmock.action.WATCH, JOBS)) == 2, "a second watch")
     calls = [request.action for request in cluster.requests(JOBS) if request.action != kmock.action.CREATE]
@@ -320,9 +326,7 @@ async def test_periodic_resync_finds_what_a_silent_watch_missed(
         b"",
         lambda request: asyncio.sleep(float(request.params["timeoutSeconds"])),
     )
-    executor, _ = make_executor(resync_s=0.5)
-    results = Results(executor)
-    name = await asyncio.to_thread(executor.start, launch(tmp_path))
+    executor, _, results, name = await started(make_executor, tmp_path, resync_s=0.5)
     await eventually(lambda: executor.relists >= 1, "the first list")
     await getattr(cluster, change)(name)
     assert (await results.first()).outcome == outcome
@@ -336,10 +340,8 @@ async def test_periodic_resync_finds_what_a_silent_watch_missed(
 async def test_a_job_deleted_behind_refsys_is_lost(
     cluster: Cluster, make_executor: Any, tmp_path: Path
 ) -> None:
-    executor, _ = make_executor()
-    results = Results(executor)
-    name = await asyncio.to_thread(executor.start, launch(tmp_path))
-    await eventually(lambda: cluster.requests(kmock.action.WATCH, JOBS), "the Job watch")
+    _, _, results, name = await started(make_executor, tmp_path)
+    await watching(cluster)
     await cluster.delete(name)
     result = await results.first()
     assert (result.outcome, result.exit_code) == ("lost", None)
@@ -349,10 +351,8 @@ async def test_a_job_deleted_behind_refsys_is_lost(
 async def test_cancel_deletes_the_job_in_the_foreground(
     cluster: Cluster, make_executor: Any, tmp_path: Path
 ) -> None:
-    executor, _ = make_executor()
-    results = Results(executor)
-    name = await asyncio.to_thread(executor.start, launch(tmp_path))
-    await eventually(lambda: cluster.requests(kmock.action.WATCH, JOBS), "the Job watch")
+    executor, _, results, name = await started(make_executor, tmp_path)
+    await watching(cluster)
 
     await asyncio.to_thread(executor.cancel, RUN_ID, "decode", 1)
     deletes = cluster.requests(kmock.action.DELETE, JOBS, kmock.name(name))
