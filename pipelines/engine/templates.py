@@ -15,8 +15,6 @@ from typing import Any
 
 from pipelines.spec import ChainSpec, StepSpec
 
-RESERVED = ("inputs", "input_dir", "output_dir", "run_id")
-
 
 class TemplateError(ValueError):
     """A step's argument or environment names a parameter the run does not have."""
