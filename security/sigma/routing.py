@@ -137,6 +137,24 @@ def _eve(event_type: str, *more: str) -> Mapping[str, frozenset[str]]:
     return {"suricata.eve.event_type": frozenset({event_type, *more})}
 
 
+def _zeek(
+    name: str,
+    service: str,
+    event_type: str,
+    native: Mapping[str, str] | None = None,
+    ecs: frozenset[str] = _NETWORK_ECS,
+) -> Route:
+    """A Zeek log, served by the EVE records of the same protocol."""
+    return Route(
+        name,
+        frozenset({("zeek", None, service)}),
+        "suricata.eve",
+        _eve(event_type),
+        native=native or {},
+        ecs=ecs,
+    )
+
+
 def _syslog(name: str, products: Iterable[LogSource], apps: Iterable[str] = ()) -> Route:
     """Linux services that log through syslog: keyword rules over the message, narrowed to the program."""
     where = {"log.syslog.appname": frozenset(apps)} if apps else {}
@@ -198,12 +216,11 @@ ROUTES: tuple[Route, ...] = (
         },
         ecs=_NETWORK_ECS | {"dns.question.name", "dns.question.type", "dns.resolved_ip", "dns.response_code"},
     ),
-    Route(
+    _zeek(
         "network-http",
-        frozenset({("zeek", None, "http")}),
-        "suricata.eve",
-        where=_eve("http"),
-        native={
+        "http",
+        "http",
+        {
             "c-uri": "url.original",
             "uri": "url.original",
             "c-useragent": "user_agent.original",
@@ -213,45 +230,33 @@ ROUTES: tuple[Route, ...] = (
             "status_code": "http.response.status_code",
             "resp_mime_types": "http.response.mime_type",
         },
-        ecs=_NETWORK_ECS,
     ),
-    Route(
+    _zeek(
         "network-smb",
-        frozenset({("zeek", None, "smb_files")}),
-        "suricata.eve",
-        where=_eve("smb"),
-        native={"name": "suricata.eve.smb.filename", "path": "suricata.eve.smb.share"},
-        ecs=_NETWORK_ECS,
+        "smb_files",
+        "smb",
+        {"name": "suricata.eve.smb.filename", "path": "suricata.eve.smb.share"},
     ),
     # Zeek names DCE-RPC endpoints and operations; EVE has interface UUIDs and opnums: no mapping on purpose.
-    Route(
-        "network-dcerpc",
-        frozenset({("zeek", None, "dce_rpc")}),
-        "suricata.eve",
-        _eve("dcerpc"),
-        ecs=_NETWORK_ECS,
-    ),
-    Route(
+    _zeek("network-dcerpc", "dce_rpc", "dcerpc"),
+    _zeek(
         "network-x509",
-        frozenset({("zeek", None, "x509")}),
-        "suricata.eve",
-        where=_eve("tls"),
-        native={"certificate.serial": "suricata.eve.tls.serial", "certificate.subject": "tls.server.subject"},
+        "x509",
+        "tls",
+        {"certificate.serial": "suricata.eve.tls.serial", "certificate.subject": "tls.server.subject"},
         ecs=_NETWORK_ECS | {"tls.server.subject"},
     ),
-    Route("network-rdp", frozenset({("zeek", None, "rdp")}), "suricata.eve", _eve("rdp"), ecs=_NETWORK_ECS),
-    Route(
+    _zeek("network-rdp", "rdp", "rdp"),
+    _zeek(
         "network-kerberos",
-        frozenset({("zeek", None, "kerberos")}),
-        "suricata.eve",
-        where=_eve("krb5"),
-        native={
+        "kerberos",
+        "krb5",
+        {
             "request_type": "suricata.eve.krb5.msg_type",
             "cipher": "suricata.eve.krb5.encryption",
             "service": "suricata.eve.krb5.sname",
             "client": "suricata.eve.krb5.cname",
         },
-        ecs=_NETWORK_ECS,
     ),
     Route(
         "network-firewall",
