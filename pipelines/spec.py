@@ -9,6 +9,7 @@ its location (``("steps", 1, "needs")``); ``pipelines.registry`` turns them into
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -59,6 +60,12 @@ class InputSpec(_Spec):
     selection: dict[str, str] = {}
     """Equality filters on product attributes (``mission``, ``baseline`` ...) a product must pass."""
     wait: WaitPolicy = WaitPolicy()
+
+    def accepts(self, product: Mapping[str, Any]) -> bool:
+        """Whether ``product`` (a catalog row or a ``product.available`` message) is an input of this kind."""
+        if product.get("product_type") != self.product_type:
+            return False
+        return all(str(product.get(name)) == value for name, value in self.selection.items())
 
 
 class ProcessorRef(_Spec):

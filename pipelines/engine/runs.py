@@ -71,16 +71,10 @@ def missing_inputs(
     """Each input of ``chain`` that ``products`` do not satisfy, with how many products it still lacks."""
     missing = []
     for spec in chain.inputs:
-        have = sum(1 for product in products.values() if _accepts(spec, product))
+        have = sum(1 for product in products.values() if spec.accepts(product))
         if have < spec.count:
             missing.append((spec, spec.count - have))
     return missing
-
-
-def _accepts(spec: InputSpec, product: Mapping[str, Any]) -> bool:
-    if product.get("product_type") != spec.product_type:
-        return False
-    return all(str(product.get(name)) == value for name, value in spec.selection.items())
 
 
 def run_view(connection: sa.Connection, run_id: str) -> dict[str, Any]:

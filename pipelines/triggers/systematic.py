@@ -28,7 +28,7 @@ from control_plane.core.clock import parse_rfc3339
 from pipelines import tables
 from pipelines.engine import Engine, RunRequest
 from pipelines.registry import ChainRegistry
-from pipelines.spec import ChainSpec, InputSpec
+from pipelines.spec import ChainSpec
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,6 @@ ERROR_BACKOFF_S = 2.0
 MAX_ATTEMPTS = 4
 """Times one event is tried before it goes to the parking lot: a poison message never loops a worker."""
 RETRY_BACKOFF_S = 0.1
-
-
-def matches(spec: InputSpec, product: Mapping[str, Any]) -> bool:
-    """Whether ``product`` (a ``product.available`` message) is an input ``spec`` accepts."""
-    if product.get("product_type") != spec.product_type:
-        return False
-    return all(str(product.get(name)) == value for name, value in spec.selection.items())
 
 
 def needs_one_product(chain: ChainSpec) -> bool:
@@ -71,7 +64,7 @@ class SystematicTrigger:
             return []
         touched: list[str] = []
         for chain in self.registry.consumers_of(str(product.get("product_type"))):
-            if not any(matches(spec, product) for spec in chain.inputs):
+            if not any(spec.accepts(product) for spec in chain.inputs):
                 continue
             touched.append(self._feed(chain, product))
         return touched
