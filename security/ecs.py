@@ -42,6 +42,27 @@ def get(doc: Mapping[str, Any], path: str, default: Any = None) -> Any:
     return node
 
 
+def put_child(doc: dict[str, Any], parent: str, leaf: str, value: Any) -> None:
+    """``put(doc, f"{parent}.{leaf}", value)`` without splitting a path, for a hot path's two-level fields."""
+    if value is None or (isinstance(value, (str, list, dict)) and not value):  # is_empty, minus a call
+        return
+    node = doc.get(parent)
+    if not isinstance(node, dict):
+        node = doc[parent] = {}
+    node[leaf] = value
+
+
+def get_child(doc: Mapping[str, Any], parent: str, leaf: str) -> Any:
+    """``get(doc, f"{parent}.{leaf}")`` without splitting a path, for a hot path's two-level fields."""
+    dotted = f"{parent}.{leaf}"
+    if dotted in doc:
+        return doc[dotted]
+    node = doc.get(parent)
+    if type(node) is dict or isinstance(node, Mapping):
+        return node.get(leaf)
+    return None
+
+
 def flatten(doc: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Every leaf as ``(dotted path, value)``; lists are leaves."""
     for key, value in doc.items():

@@ -174,7 +174,9 @@ class Intake:
                 continue
             docs.append(outcome.doc)
         self._enrich(source, docs)
-        result.clamped = sum(1 for doc in docs if _claimed_timestamp(doc) is not None)
+        result.clamped = sum(
+            1 for doc in docs if ecs.get_child(doc, "refsys", "claimed_timestamp") is not None
+        )
         self._publish(source, observer, docs)
         rejections.sort(key=lambda rejection: rejection.line.number)
         self.dead_letters.add(rejections, source=source, observer=observer, request_id=request_id)
@@ -203,11 +205,7 @@ class Intake:
         """Stamp one document; a sender asking for a reserved dataset is refused, never relabelled."""
         number = parsed.line.number
         event = parsed.doc.get("event")
-        requested = (
-            event.get("dataset")
-            if type(event) is dict and "event.dataset" not in parsed.doc
-            else ecs.get(parsed.doc, "event.dataset")
-        )
+        requested = ecs.get_child(parsed.doc, "event", "dataset")
         if isinstance(requested, str) and requested and requested != stamp_for.dataset:
             if is_reserved(requested):
                 return Rejection(parsed.line, f"dataset {requested!r} is reserved for the control plane")
@@ -269,15 +267,3 @@ class Intake:
         if backlog > limit:
             wait = (backlog - limit * 0.8) / max(self.drain_rate_per_s, 1.0)
             raise SpoolFull(min(60, max(1, math.ceil(wait))))
-
-
-def _claimed_timestamp(doc: dict[str, Any]) -> Any:
-    """``ecs.get(doc, "refsys.claimed_timestamp")``, without splitting the path for every event."""
-    if "refsys.claimed_timestamp" in doc:
-        return doc["refsys.claimed_timestamp"]
-    refsys = doc.get("refsys")
-    if refsys is None:
-        return None
-    if type(refsys) is dict:
-        return refsys.get("claimed_timestamp")
-    return ecs.get(doc, "refsys.claimed_timestamp")

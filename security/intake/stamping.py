@@ -6,14 +6,13 @@ the ingest time within a configured skew, so a forged future (or ancient) timest
 detection windows; the sender's claim is kept in ``refsys.claimed_timestamp`` and every clamp is counted.
 
 Stamping runs once per event on the ingest path, so it avoids what costs there: the two-level fields are
-written the way ``ecs.put`` writes them but without splitting paths, and a time already in the canonical form
-within bounds is compared as text (fixed width RFC 3339 strings sort like the instants they name) instead of
-being parsed and rendered again.
+written with ``ecs.put_child`` (no path splitting), and a time already in the canonical form within bounds is
+compared as text (fixed width RFC 3339 strings sort like the instants they name) instead of being parsed and
+rendered again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -52,37 +51,15 @@ class Stamp:
 def stamp(doc: dict[str, Any], stamp: Stamp, *, fallback_id: str) -> bool:
     """Apply the server's fields to ``doc`` in place; True when its time had to be clamped."""
     doc.pop("observer", None)
-    _put(doc, "observer", "name", stamp.observer)
-    _put(doc, "observer", "product", stamp.source)
-    _put(doc, "event", "dataset", stamp.dataset)
-    _put(doc, "event", "ingested", stamp.ingested_text)
-    if not _get(doc, "event", "module"):
-        _put(doc, "event", "module", stamp.source)
-    if not _get(doc, "event", "id"):
-        _put(doc, "event", "id", fallback_id)
+    ecs.put_child(doc, "observer", "name", stamp.observer)
+    ecs.put_child(doc, "observer", "product", stamp.source)
+    ecs.put_child(doc, "event", "dataset", stamp.dataset)
+    ecs.put_child(doc, "event", "ingested", stamp.ingested_text)
+    if not ecs.get_child(doc, "event", "module"):
+        ecs.put_child(doc, "event", "module", stamp.source)
+    if not ecs.get_child(doc, "event", "id"):
+        ecs.put_child(doc, "event", "id", fallback_id)
     return _clamp_time(doc, stamp)
-
-
-def _put(doc: dict[str, Any], parent: str, leaf: str, value: Any) -> None:
-    """``ecs.put(doc, "parent.leaf", value)`` for a two-level path."""
-    # ``ecs.is_empty``, with a tuple rather than a union type (built anew at every call)
-    if value is None or (isinstance(value, (str, list, dict)) and not value):
-        return
-    node = doc.get(parent)
-    if not isinstance(node, dict):
-        node = doc[parent] = {}
-    node[leaf] = value
-
-
-def _get(doc: dict[str, Any], parent: str, leaf: str) -> Any:
-    """``ecs.get(doc, "parent.leaf")`` for a two-level path (a literal dotted key included)."""
-    dotted = f"{parent}.{leaf}"
-    if dotted in doc:
-        return doc[dotted]
-    node = doc.get(parent)
-    if type(node) is dict or isinstance(node, Mapping):
-        return node.get(leaf)
-    return None
 
 
 def _is_canonical(text: str) -> bool:
