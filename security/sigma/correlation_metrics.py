@@ -20,7 +20,6 @@ from sigma.correlations import SigmaCorrelationConditionOperator as Op
 Entry = list[Any]
 
 COUNTING = frozenset({"event_count", "value_count", "temporal", "temporal_ordered"})
-NUMERIC = frozenset({"value_sum", "value_avg", "value_percentile", "value_median"})
 
 
 def normalise_value(value: Any) -> Any:
