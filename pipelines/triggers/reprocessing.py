@@ -24,6 +24,7 @@ from control_plane.core.config import Settings
 from pipelines import tables
 from pipelines.engine import Engine, RunRequest
 from pipelines.registry import ChainRegistry
+from pipelines.triggers.systematic import needs_one_product
 
 CAMPAIGN_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:refsys:campaign")
 """UUIDv5 namespace of campaign ids derived from an idempotency key."""
@@ -76,7 +77,7 @@ class Campaigns:
             raise CampaignError(
                 f"chain {request.chain_id!r} version {request.chain_version!r} is unknown"
             ) from None
-        if len(chain.inputs) != 1 or chain.inputs[0].count != 1:
+        if not needs_one_product(chain):
             raise CampaignError(
                 f"chain {chain.key} needs several inputs per run; campaigns take one-input chains"
             )
