@@ -207,3 +207,30 @@ def test_the_registry_knows_the_suricata_adapter() -> None:
     assert all(name == adapter.name for name, adapter in ADAPTERS.items())
     with pytest.raises(KeyError, match=r"unknown telemetry source 'snort'; known sources: .*suricata"):
         adapter_for("snort")
+
+
+@pytest.mark.parametrize(
+    ("eve", "event_type"),
+    [
+        ({"flow_id": 1234567890123, "tx_id": 3}, "http"),
+        ({"flow_id": 42, "alert": {"gid": 1, "signature_id": 2019401}}, "alert"),
+        ({"flow_id": 7, "fileinfo": {"file_id": 9, "tx_id": 0}}, "fileinfo"),
+        ({"flow_id": 8, "anomaly": {"type": "decode", "event": "ipv4.trunc_pkt"}}, "anomaly"),
+    ],
+)
+def test_event_ids_are_the_uuid5_they_always_were(eve: dict[str, Any], event_type: str) -> None:
+    """The id is computed without ``uuid.uuid5`` for speed; it must stay exactly that UUID, or re-ingested
+    events would stop deduplicating against those stored before."""
+    import uuid
+
+    from security.sources.suricata import ID_NAMESPACE, event_id
+
+    moment = "2026-11-25T10:00:00.123456Z"
+    own = eve.get(event_type, {})
+    parts: list[Any] = [eve["flow_id"], event_type, eve.get("tx_id", own.get("tx_id")), moment]
+    parts += {
+        "alert": [own.get("gid"), own.get("signature_id")],
+        "fileinfo": [own.get("file_id")],
+        "anomaly": [own.get("type"), own.get("event")],
+    }.get(event_type, [])
+    assert event_id(eve, event_type, moment) == str(uuid.uuid5(ID_NAMESPACE, orjson.dumps(parts).decode()))
