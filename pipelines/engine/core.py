@@ -452,11 +452,11 @@ class Engine:
         succeeded, and end the runs where none could be (all ended, or the rest can never start)."""
         runs, run_steps = tables.runs, tables.run_steps
         with self.db.connect() as connection:
-            running_ids = (
-                connection.execute(sa.select(runs.c.id).where(runs.c.state == RunState.RUNNING))
-                .scalars()
-                .all()
-            )
+            running = connection.execute(
+                sa.select(runs.c.id, runs.c.chain_id, runs.c.chain_version).where(
+                    runs.c.state == RunState.RUNNING
+                )
+            ).all()
             busy = set(
                 connection.execute(
                     sa.select(run_steps.c.run_id)
@@ -465,12 +465,12 @@ class Engine:
                 ).scalars()
             )
         changed = 0
-        for run_id in running_ids:
+        for run_id, chain_id, chain_version in running:
             if run_id in busy:
                 continue
             now = clock.utcnow()
             try:
-                self.chain(*self._chain_of(run_id))
+                self.chain(chain_id, chain_version)
             except BadRunRequest as exc:
                 changed += self._fail_early(run_id, RunState.RUNNING, str(exc))
                 continue
@@ -480,11 +480,6 @@ class Engine:
                     changed += progress.finish_run(connection, self, run_id, now, stalled=True)
                 changed += promoted
         return changed
-
-    def _chain_of(self, run_id: str) -> tuple[str, str]:
-        with self.db.connect() as connection:
-            run = load_run(connection, run_id)
-        return run.chain_id, run.chain_version
 
     def missing_outputs(self, run: RunRow) -> dict[str, int]:
         """Inputs a run started without (by product type), the basis of its traces' ``missing_outputs``."""
