@@ -14,7 +14,7 @@ rendered again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -43,7 +43,7 @@ class Stamp:
         earliest = (
             clock.rfc3339(self.ingested - self.max_past_skew) if self.max_past_skew is not None else None
         )
-        if not _is_canonical(latest) or (earliest is not None and not _is_canonical(earliest)):
+        if not clock.is_canonical(latest) or (earliest is not None and not clock.is_canonical(earliest)):
             return None
         return earliest, latest
 
@@ -62,37 +62,12 @@ def stamp(doc: dict[str, Any], stamp: Stamp, *, fallback_id: str) -> bool:
     return _clamp_time(doc, stamp)
 
 
-def _is_canonical(text: str) -> bool:
-    """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` with a year from 1000 on: what ``clock.rfc3339`` writes."""
-    return (
-        len(text) == 27
-        and text[4] == text[7] == "-"
-        and text[10] == "T"
-        and text[13] == text[16] == ":"
-        and text[19] == "."
-        and text[26] == "Z"
-        and text[0] != "0"
-        and (text[:4] + text[5:7] + text[8:10]).isdigit()
-        and (text[11:13] + text[14:16] + text[17:19] + text[20:26]).isdigit()
-    )
-
-
-def _canonical_moment(text: str) -> datetime | None:
-    """The instant a canonical time names (None when it is not canonical or not a valid date)."""
-    if not _is_canonical(text):
-        return None
-    try:
-        return datetime.fromisoformat(text[:26]).replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
-
 def _clamp_time(doc: dict[str, Any], stamp: Stamp) -> bool:
     claimed = doc.get("@timestamp")
     if isinstance(claimed, str) and (bounds := stamp.bounds_text) is not None:
         earliest_text, latest_text = bounds
         within = claimed <= latest_text and (earliest_text is None or claimed >= earliest_text)
-        if within and _canonical_moment(claimed) is not None:
+        if within and clock.canonical_moment(claimed) is not None:
             return False  # already what rendering the parsed time would give, and nothing to clamp
     try:
         moment = clock.parse_rfc3339(claimed) if isinstance(claimed, str) else None
@@ -117,7 +92,7 @@ def lag_seconds(doc: dict[str, Any], ingested: datetime) -> float | None:
     """How late the event arrived: ingest time minus its (clamped) event time."""
     try:
         text = doc["@timestamp"]
-        moment = _canonical_moment(text) if isinstance(text, str) else None
+        moment = clock.canonical_moment(text) if isinstance(text, str) else None
         return (ingested - (moment or clock.parse_rfc3339(text))).total_seconds()
     except (KeyError, ValueError):
         return None

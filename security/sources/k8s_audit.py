@@ -13,7 +13,6 @@ event has no stage): re-ingesting a stage is idempotent, and the stages of one r
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from control_plane.core import clock
 from control_plane.core.clock import rfc3339
 from security.ecs import ip as ecs_ip
 from security.ecs import put
@@ -44,8 +44,6 @@ _VERB_TYPES = {
     "watch": "access",
 }
 _DECISION_TYPES = {"allow": "allowed", "forbid": "denied"}
-_API_SERVER_TIME = re.compile(r"[1-9]\d{3}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-"""How the API server writes times (UTC, microseconds): the form ``@timestamp`` takes."""
 
 
 class KubernetesAuditAdapter(Adapter):
@@ -169,12 +167,10 @@ def _timestamp(event: dict[str, Any]) -> str:
         text = event.get(field)
         if text is None:
             continue
-        if isinstance(text, str) and _API_SERVER_TIME.fullmatch(text):
-            try:  # already what rendering would give: only check that it is a valid time
-                datetime.fromisoformat(text[:26])
-                return text
-            except ValueError:
-                raise Rejected(f"{field} {text!r} is not an RFC 3339 time") from None
+        if isinstance(text, str) and clock.is_canonical(text):  # how the API server writes times
+            if clock.canonical_moment(text) is None:
+                raise Rejected(f"{field} {text!r} is not an RFC 3339 time")
+            return text
         try:
             moment = datetime.fromisoformat(text)
         except (TypeError, ValueError):
