@@ -325,6 +325,24 @@ class ProductionSettings(_Section):
         return self
 
 
+class DetectionSettings(_Section):
+    bundled_rules: bool = True
+    """Load the Sigma rules shipped in security/rules."""
+    rule_dirs: list[Path] = []
+    """Directories of Sigma rule files (rules, correlations, filters) loaded besides the bundled ones (a read-only
+    base; uploads through the API are an overlay)."""
+    placeholders: dict[str, list[str]] = {}
+    """Values of Sigma `expand` placeholders (`%admins%` -> list), by placeholder name."""
+    lateness_s: float = Field(60.0, ge=0)
+    """How late (event time, behind the latest seen) a match may arrive and still count in correlation windows."""
+    max_groups: int = Field(100_000, ge=1)
+    """Groups one correlation keeps at most; the least recently updated is evicted (and counted) beyond it."""
+    matching_workers: int = Field(1, ge=1, le=64)
+    """Matching workers `refsys serve` runs on the telemetry topic (stateless; partitions are shared out)."""
+    checkpoint_every_s: float = Field(2.0, gt=0)
+    """How often the correlation stage commits its state together with its bus offsets."""
+
+
 class DemoSettings(_Section):
     events_per_s: float = Field(20.0, gt=0, le=100_000)
     """Rate of the demo telemetry generator (`refsys serve --demo`)."""
@@ -369,6 +387,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     production: ProductionSettings = ProductionSettings()
+    detection: DetectionSettings = DetectionSettings()
     demo: DemoSettings = DemoSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()

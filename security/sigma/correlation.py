@@ -38,7 +38,7 @@ from sigma.rule import SigmaRule, SigmaRuleBase
 from security.sigma.correlation_metrics import COUNTING, Entry, compare, measure, normalise_value
 
 ALERT_NAMESPACE = uuid.UUID("6f1c0f3e-6d0b-5a43-9a59-5c0f6a1e2b7d")
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 
 
 class CorrelationError(Exception):
@@ -65,6 +65,8 @@ class CorrelationAlert:
     event_seqs: tuple[int, ...]
     end_seq: int
     reported: bool
+    event_refs: tuple[Any, ...] = ()
+    """The ``ref`` each event was fed with (for the streaming stage: the event's id), in window order."""
 
 
 @dataclass
@@ -216,16 +218,28 @@ class CorrelationEngine:
         """Whether a plain rule's own matches alert: not when a correlation uses it without ``generate``."""
         return rule_ref not in self._silent
 
-    def feed(self, rule_ref: str, time: float, seq: int, fields: Mapping[str, Any]) -> list[CorrelationAlert]:
+    def feed(
+        self,
+        rule_ref: str,
+        time: float,
+        seq: int,
+        fields: Mapping[str, Any],
+        *,
+        ref: Any = None,
+        only: str | None = None,
+    ) -> list[CorrelationAlert]:
         """One match of rule ``rule_ref`` (id or name) by event ``seq`` at event ``time``; returns new alerts.
 
+        ``ref`` (JSON-able, e.g. the event id) is kept with the entry and returned in the alert's
+        ``event_refs``; with a ``ref`` a replayed match is recognised by it rather than by ``seq``. ``only``
+        feeds just the correlation with that key (the streaming stage routes one record per correlation).
         Only alerts of correlations whose output is reported are returned (a correlation used by another
         without ``generate`` feeds its parent silently).
         """
         if self.watermark is not None and time < self.watermark - self.lateness:
             self.counters["dropped_late"] += 1
             return []
-        alerts = self._dispatch(rule_ref, time, seq, fields)
+        alerts = self._dispatch(rule_ref, time, seq, fields, ref, only)
         if self.watermark is None or time > self.watermark:
             self.watermark = time
             alerts += self._close(self.watermark - self.lateness, final=False)
@@ -235,12 +249,42 @@ class CorrelationEngine:
         """End of stream: judge every window still waiting for its close."""
         return [a for a in self._close(float("inf"), final=True) if a.reported]
 
+    def subscribers(self, rule_ref: str) -> list[str]:
+        """Keys of the correlations a rule's matches feed directly."""
+        return sorted({key for key, _slot in self._subscribers.get(rule_ref, [])})
+
+    def group_fields(self, key: str) -> list[str]:
+        """Event fields a correlation reads (group-by through aliases, and its value field)."""
+        corr = self._corrs[key]
+        names = {a.get(g, g) for a in corr.aliases for g in corr.group_by} | set(corr.group_by)
+        if corr.field_name:
+            names |= {a.get(corr.field_name, corr.field_name) for a in corr.aliases} | {corr.field_name}
+        return sorted(names)
+
+    def group_key(self, key: str, rule_ref: str, fields: Mapping[str, Any]) -> str | None:
+        """The group a match of ``rule_ref`` falls in for correlation ``key`` (None: a group-by is missing)."""
+        corr = self._corrs[key]
+        for sub_key, slot in self._subscribers.get(rule_ref, []):
+            if sub_key == key:
+                raw = [fields.get(corr.aliases[slot].get(g, g)) for g in corr.group_by]
+                if any(v is None for v in raw):
+                    return None
+                return json.dumps([normalise_value(v) for v in raw], default=str)
+        return None
+
     def _dispatch(
-        self, rule_ref: str, time: float, seq: int, fields: Mapping[str, Any]
+        self,
+        rule_ref: str,
+        time: float,
+        seq: int,
+        fields: Mapping[str, Any],
+        ref: Any = None,
+        only: str | None = None,
     ) -> list[CorrelationAlert]:
         alerts: list[CorrelationAlert] = []
         for key, slot in self._subscribers.get(rule_ref, []):
-            alerts += self._chain(self._add(self._corrs[key], slot, time, seq, fields))
+            if only is None or key == only:
+                alerts += self._chain(self._add(self._corrs[key], slot, time, seq, fields, ref))
         return alerts
 
     def _chain(self, fired: list[CorrelationAlert]) -> list[CorrelationAlert]:
@@ -248,11 +292,17 @@ class CorrelationEngine:
         alerts = list(fired)
         for alert in fired:
             for name in self._corrs[alert.correlation].names | {alert.correlation}:
-                alerts += self._dispatch(name, alert.window_end, alert.end_seq, alert.group)
+                alerts += self._dispatch(name, alert.window_end, alert.end_seq, alert.group, alert.alert_id)
         return alerts
 
     def _add(
-        self, corr: _Correlation, slot: int, time: float, seq: int, fields: Mapping[str, Any]
+        self,
+        corr: _Correlation,
+        slot: int,
+        time: float,
+        seq: int,
+        fields: Mapping[str, Any],
+        ref: Any = None,
     ) -> list[CorrelationAlert]:
         aliases = corr.aliases[slot]
         raw = [fields.get(aliases.get(g, g)) for g in corr.group_by]
@@ -271,9 +321,12 @@ class CorrelationEngine:
         groups.move_to_end(gkey)
         value = fields.get(aliases.get(corr.field_name, corr.field_name)) if corr.field_name else None
         entries: list[Entry] = state["entries"]
-        if any(e[1] == seq and e[2] == slot for e in _between(entries, time, time)):
+        if any(
+            e[2] == slot and (e[4] == ref if ref is not None else e[1] == seq)
+            for e in _between(entries, time, time)
+        ):
             return []  # the same match replayed: counting it twice would be wrong
-        bisect.insort(entries, [time, seq, slot, value], key=_order)
+        bisect.insort(entries, [time, seq, slot, value, ref], key=_order)
         self._prune(corr, state)
         ends = sorted({e[0] for e in _between(entries, time, time + corr.span)})
         if not corr.eager:
@@ -317,6 +370,7 @@ class CorrelationEngine:
             window_end=end,
             metric=metric,
             event_seqs=tuple(sorted({e[1] for e in window})),
+            event_refs=tuple(dict.fromkeys(e[4] for e in window if e[4] is not None)),
             end_seq=max(e[1] for e in window if e[0] == end),
             reported=corr.reported,
         )

@@ -1,0 +1,1 @@
+"""Alerts and incidents: the sink of the alerts topic, and what a security officer works."""
