@@ -22,6 +22,8 @@ from pipelines.api import reprocessing as reprocessing_api
 from pipelines.api import runs as runs_api
 from pipelines.production import Production
 from security import search_api
+from security.alerts import api as alerts_api
+from security.alerts.manager import IncidentManager
 from security.demo.runner import DemoRunner
 from security.demo.traffic import DemoTraffic
 from security.intake import api as intake_api
@@ -36,6 +38,10 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
         settings=settings, engine=services.engine, bus=services.bus, registry=services.metrics.registry
     )
     production = Production(settings, services.engine, services.bus, services.audit, demo=demo)
+    incidents = IncidentManager(
+        settings=settings, engine=services.engine, bus=services.bus, audit=services.audit,
+        registry=services.metrics.registry,
+    )  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -43,6 +49,7 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
         maintenance.start()
         telemetry.start()
         production.start()
+        incidents.start()
         demo_runner = _demo_runner(settings, telemetry) if demo else None
         if demo_runner is not None:
             demo_runner.start()
@@ -60,6 +67,7 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
                 metrics_server.shutdown()
             if demo_runner is not None:
                 demo_runner.stop()
+            incidents.stop()
             production.stop()
             telemetry.stop()
             maintenance.stop()
@@ -77,6 +85,7 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
     app.state.services = services
     app.state.telemetry = telemetry
     app.state.production = production
+    app.state.incidents = incidents
     install_problem_handlers(app)
     app.include_router(system.router)
     if services.issuer is not None:
@@ -84,6 +93,7 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
     app.include_router(audit.router)
     app.include_router(intake_api.router)
     app.include_router(search_api.router)
+    app.include_router(alerts_api.router)
     app.include_router(pipelines_api.router)
     app.include_router(runs_api.router)
     app.include_router(parking_lot_api.router)

@@ -343,6 +343,14 @@ class DetectionSettings(_Section):
     """How often the correlation stage commits its state together with its bus offsets."""
 
 
+class AlertSettings(_Section):
+    suppression_window_s: float = Field(300.0, ge=0)
+    """Alerts of one rule with the same group key within this many seconds (event time) of the first count as
+    duplicates of it, unless the rule sets its own `suppression.window`."""
+    incident_window_s: float = Field(3600.0, ge=0)
+    """An alert joins an open incident sharing a host, user or source address active within this many seconds."""
+
+
 class DemoSettings(_Section):
     events_per_s: float = Field(20.0, gt=0, le=100_000)
     """Rate of the demo telemetry generator (`refsys serve --demo`)."""
@@ -388,6 +396,7 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = TelemetrySettings()
     production: ProductionSettings = ProductionSettings()
     detection: DetectionSettings = DetectionSettings()
+    alerts: AlertSettings = AlertSettings()
     demo: DemoSettings = DemoSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -1,1 +1,1 @@
-"""Alerts and incidents: the sink of the alerts topic, and what a security officer works."""
+"""Alerts and incidents: the sink of the ``alerts`` topic, the incident workflow and their API."""

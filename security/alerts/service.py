@@ -1,0 +1,258 @@
+"""The alert sink: alerts from the ``alerts`` topic into alert rows and incidents.
+
+Delivery on the bus is at-least-once, so the sink is idempotent by alert id: an alert (or a duplicate folded into
+one) it already holds is skipped. A new alert is either a duplicate of an earlier one (same rule and group key,
+within the suppression window, in event time), which only raises that alert's count, or a new alert, which joins
+the open incident sharing a host, user or source address with it within the incident window, or opens one.
+
+Writes of one batch share one transaction, and one lock serialises batches in this process, so two alerts of a
+batch see each other. The incident changes are audited once that transaction has committed (the audit trail
+takes the database's write lock itself, so it cannot run inside it).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, Counter
+from sqlalchemy.engine import Engine
+
+from control_plane.core import clock, ids
+from control_plane.core.audit.trail import Actor, AuditTrail
+from control_plane.core.config import AlertSettings
+from security.alerts import grouping, tables
+from security.alerts.incidents import OPEN_STATUSES, Status
+from security.alerts.model import Alert, level_rank
+
+SINK_ACTOR = Actor(subject="refsys:incidents")
+"""Who the audit trail names for the incident changes the sink makes."""
+INCIDENT_CANDIDATES = 50
+"""Open incidents within the window looked at for a shared entity, most recently active first."""
+
+
+@dataclass
+class HandleSummary:
+    """What one ``handle`` call did; ``refsys ingest`` reports ``raised``."""
+
+    raised: int = 0
+    deduplicated: int = 0
+    replayed: int = 0
+    incidents_opened: int = 0
+    attached: int = 0
+    _audit: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+
+class AlertSink:
+    def __init__(
+        self, *, engine: Engine, audit: AuditTrail, settings: AlertSettings, registry: CollectorRegistry
+    ) -> None:
+        self.engine = engine
+        self.audit = audit
+        self.suppression_window_s = settings.suppression_window_s
+        self.incident_window = timedelta(seconds=settings.incident_window_s)
+        self._lock = threading.Lock()
+        self._raised = Counter(
+            "refsys_alerts_raised", "Alerts stored (duplicates excluded).", registry=registry
+        )
+        self._deduplicated = Counter(
+            "refsys_alerts_deduplicated",
+            "Alerts folded into an earlier alert of the same rule and group key within its suppression window.",
+            registry=registry,
+        )
+        self._opened = Counter(
+            "refsys_incidents_opened", "Incidents opened by the alert sink.", registry=registry
+        )
+
+    def handle(self, alerts: Sequence[Alert]) -> HandleSummary:
+        """Store, deduplicate and group ``alerts`` (one transaction), then audit the incident changes."""
+        summary = HandleSummary()
+        with self._lock:
+            with self.engine.begin() as connection:
+                for alert in alerts:
+                    self._one(connection, alert, summary)
+            for entry in summary._audit:
+                self.audit.append(actor=SINK_ACTOR, outcome="success", **entry)
+        self._raised.inc(summary.raised)
+        self._deduplicated.inc(summary.deduplicated)
+        self._opened.inc(summary.incidents_opened)
+        return summary
+
+    def _one(self, connection: sa.Connection, alert: Alert, summary: HandleSummary) -> None:
+        if _known(connection, alert.id):
+            summary.replayed += 1
+            return
+        first, last = clock.parse_rfc3339(alert.first), clock.parse_rfc3339(alert.last)
+        window = timedelta(seconds=grouping.suppression_window_s(alert, self.suppression_window_s))
+        key = grouping.group_key(alert)
+        earlier = _series_alert(connection, alert.rule.id, key, first, window)
+        if earlier is not None:
+            _fold(connection, alert, earlier, first, last)
+            summary.deduplicated += 1
+            return
+        now = clock.utcnow()
+        connection.execute(
+            tables.alerts.insert().values(
+                id=alert.id, kind=alert.kind, rule_id=alert.rule.id, rule=alert.to_record()["rule"],
+                level=alert.level, group_key=key, group=alert.group, entities=alert.entities,
+                events=alert.to_record()["events"], metric=alert.metric, first=first, last=last,
+                window_end=first + window, count=1, detected_at=clock.parse_rfc3339(alert.detected_at),
+                stored_at=now,
+            )
+        )  # fmt: skip
+        summary.raised += 1
+        incident = self._incident_for(connection, alert, first, last)
+        if incident is None:
+            self._open(connection, alert, first, last, now, summary)
+        else:
+            self._attach(connection, alert, incident, first, last, now, summary)
+
+    def _incident_for(
+        self, connection: sa.Connection, alert: Alert, first: datetime, last: datetime
+    ) -> dict[str, Any] | None:
+        """The open incident, active within the incident window of ``alert``, that shares an entity with it."""
+        if not any(alert.entities.get(name) for name in grouping.GROUPING_ENTITIES):
+            return None
+        incidents = tables.incidents
+        query = (
+            sa.select(incidents)
+            .where(
+                incidents.c.status.in_(OPEN_STATUSES),
+                incidents.c.last >= first - self.incident_window,
+                incidents.c.first <= last + self.incident_window,
+            )
+            .order_by(incidents.c.last.desc())
+            .limit(INCIDENT_CANDIDATES)
+        )
+        for row in connection.execute(query):
+            if grouping.shares_entity(row.entities, alert.entities):
+                return dict(row._mapping)
+        return None
+
+    def _open(
+        self,
+        connection: sa.Connection,
+        alert: Alert,
+        first: datetime,
+        last: datetime,
+        now: datetime,
+        summary: HandleSummary,
+    ) -> None:
+        incident_id = ids.new_id()
+        values = {
+            "id": incident_id, "title": alert.rule.title[:512], "status": Status.NEW.value,
+            "severity": alert.level, "assignee": None, "resolution": None,
+            "techniques": sorted(set(alert.rule.techniques)), "entities": grouping.merged_entities(alert.entities, {}),
+            "first": first, "last": last, "alert_count": 1, "created_at": now, "updated_at": now,
+        }  # fmt: skip
+        connection.execute(tables.incidents.insert().values(**values))
+        _link(connection, alert.id, incident_id, now)
+        summary.incidents_opened += 1
+        summary._audit.append(
+            {
+                "action": "incident.create",
+                "target": incident_id,
+                "details": {
+                    "alert_id": alert.id, "rule_id": alert.rule.id, "severity": alert.level,
+                    "techniques": values["techniques"], "entities": values["entities"],
+                },
+            }
+        )  # fmt: skip
+
+    def _attach(
+        self,
+        connection: sa.Connection,
+        alert: Alert,
+        incident: dict[str, Any],
+        first: datetime,
+        last: datetime,
+        now: datetime,
+        summary: HandleSummary,
+    ) -> None:
+        severity = max(incident["severity"], alert.level, key=level_rank)
+        techniques = sorted(set(incident["techniques"]) | set(alert.rule.techniques))
+        connection.execute(
+            tables.incidents.update()
+            .where(tables.incidents.c.id == incident["id"])
+            .values(
+                severity=severity,
+                techniques=techniques,
+                entities=grouping.merged_entities(incident["entities"], alert.entities),
+                first=min(incident["first"], first),
+                last=max(incident["last"], last),
+                alert_count=tables.incidents.c.alert_count + 1,
+                updated_at=now,
+            )
+        )
+        _link(connection, alert.id, incident["id"], now)
+        summary.attached += 1
+        details: dict[str, Any] = {"alert_id": alert.id, "rule_id": alert.rule.id, "level": alert.level}
+        if severity != incident["severity"]:
+            details["severity"] = {"from": incident["severity"], "to": severity}
+        summary._audit.append(
+            {"action": "incident.alert-attached", "target": incident["id"], "details": details}
+        )
+
+
+def _known(connection: sa.Connection, alert_id: str) -> bool:
+    """Whether the sink already holds ``alert_id``, as an alert or as a duplicate folded into one."""
+    for table in (tables.alerts, tables.alert_duplicates):
+        if connection.execute(sa.select(table.c.id).where(table.c.id == alert_id)).first() is not None:
+            return True
+    return False
+
+
+def _series_alert(
+    connection: sa.Connection, rule_id: str, key: str, first: datetime, window: timedelta
+) -> tuple[str, datetime] | None:
+    """Id and last event time of the earliest alert of (rule, group key) whose suppression window holds
+    ``first``."""
+    alerts = tables.alerts
+    query = (
+        sa.select(alerts.c.id, alerts.c.last)
+        .where(
+            alerts.c.rule_id == rule_id,
+            alerts.c.group_key == key,
+            alerts.c.first <= first + window,
+            alerts.c.window_end >= first,
+        )
+        .order_by(alerts.c.first)
+        .limit(1)
+    )
+    row = connection.execute(query).first()
+    return None if row is None else (row.id, row.last)
+
+
+def _fold(
+    connection: sa.Connection, alert: Alert, earlier: tuple[str, datetime], first: datetime, last: datetime
+) -> None:
+    """Count ``alert`` on the earlier alert of its series and keep its id, so that its replay is a no-op."""
+    earlier_id, earlier_last = earlier
+    alerts = tables.alerts
+    connection.execute(
+        alerts.update()
+        .where(alerts.c.id == earlier_id)
+        .values(count=alerts.c.count + 1, last=max(earlier_last, last))
+    )
+    connection.execute(
+        tables.alert_duplicates.insert().values(
+            id=alert.id, alert_id=earlier_id, first=first, last=last,
+            detected_at=clock.parse_rfc3339(alert.detected_at),
+        )
+    )  # fmt: skip
+    # The incident stays active as long as its alerts keep repeating, so later related alerts still join it.
+    incidents, links = tables.incidents, tables.incident_alerts
+    incident_id = sa.select(links.c.incident_id).where(links.c.alert_id == earlier_id).scalar_subquery()
+    connection.execute(
+        incidents.update().where(incidents.c.id == incident_id, incidents.c.last < last).values(last=last)
+    )
+
+
+def _link(connection: sa.Connection, alert_id: str, incident_id: str, now: datetime) -> None:
+    connection.execute(
+        tables.incident_alerts.insert().values(alert_id=alert_id, incident_id=incident_id, attached_at=now)
+    )
