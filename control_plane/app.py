@@ -26,6 +26,7 @@ from security.alerts import api as alerts_api
 from security.alerts.manager import IncidentManager
 from security.demo.runner import DemoRunner
 from security.demo.traffic import DemoTraffic
+from security.detection import rules_api
 from security.intake import api as intake_api
 from security.telemetry import Telemetry
 
@@ -94,6 +95,7 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
     app.include_router(intake_api.router)
     app.include_router(search_api.router)
     app.include_router(alerts_api.router)
+    app.include_router(rules_api.router)
     app.include_router(pipelines_api.router)
     app.include_router(runs_api.router)
     app.include_router(parking_lot_api.router)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from control_plane.cli import kernel, pipelines, production, telemetry
+from control_plane.cli import kernel, pipelines, production, rules, telemetry
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,3 +21,4 @@ kernel.register(main)
 telemetry.register(main)
 pipelines.register(main)
 production.register(main)
+rules.register(main)
