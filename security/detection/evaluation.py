@@ -94,6 +94,7 @@ class Detector:
             "time": epoch(flat.get("@timestamp")) or clock.utcnow().timestamp(),
             "seq": seq,
             "record": match.record,
+            "ingested": epoch(flat.get("event.ingested")),
             "event": {
                 "id": event_id,
                 "timestamp": str(flat.get("@timestamp") or ""),
