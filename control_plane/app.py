@@ -27,6 +27,8 @@ from security.alerts.manager import IncidentManager
 from security.demo.runner import DemoRunner
 from security.demo.traffic import DemoTraffic
 from security.detection import rules_api
+from security.hooks import api as hooks_api
+from security.hooks.notifier import Notifier
 from security.intake import api as intake_api
 from security.telemetry import Telemetry
 
@@ -39,6 +41,10 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
         settings=settings, engine=services.engine, bus=services.bus, registry=services.metrics.registry
     )
     production = Production(settings, services.engine, services.bus, services.audit, demo=demo)
+    notifier = Notifier(
+        settings=settings, engine=services.engine, bus=services.bus, audit=services.audit,
+        registry=services.metrics.registry,
+    )  # fmt: skip
     incidents = IncidentManager(
         settings=settings, engine=services.engine, bus=services.bus, audit=services.audit,
         registry=services.metrics.registry,
@@ -50,6 +56,7 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
         maintenance.start()
         telemetry.start()
         production.start()
+        notifier.start()
         incidents.start()
         demo_runner = _demo_runner(settings, telemetry) if demo else None
         if demo_runner is not None:
@@ -69,6 +76,7 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
             if demo_runner is not None:
                 demo_runner.stop()
             incidents.stop()
+            notifier.stop()
             production.stop()
             telemetry.stop()
             maintenance.stop()
@@ -86,6 +94,7 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
     app.state.services = services
     app.state.telemetry = telemetry
     app.state.production = production
+    app.state.notifier = notifier
     app.state.incidents = incidents
     install_problem_handlers(app)
     app.include_router(system.router)
@@ -94,6 +103,7 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
     app.include_router(audit.router)
     app.include_router(intake_api.router)
     app.include_router(search_api.router)
+    app.include_router(hooks_api.router)
     app.include_router(alerts_api.router)
     app.include_router(rules_api.router)
     app.include_router(pipelines_api.router)

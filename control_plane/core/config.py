@@ -360,6 +360,82 @@ class DemoSettings(_Section):
     """Random seed of the demo generator, for reproducible demo data."""
 
 
+SigmaLevel = Literal["informational", "low", "medium", "high", "critical"]
+RESERVED_HOOK_NAMES = frozenset({"alertmanager", "topic"})
+"""Names the Alertmanager and topic hooks go by (metrics, dead letters): a webhook cannot take them."""
+
+
+class WebhookSettings(_Section):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    """Name of the webhook in metrics, logs and dead letters."""
+    url: str = Field(pattern=r"^https?://")
+    """Where the signed JSON notification is POSTed."""
+    secret_file: Path
+    """File holding the HMAC-SHA256 key of `X-Refsys-Signature` (trailing newline ignored; never logged)."""
+    min_level: SigmaLevel = "medium"
+    """Lowest Sigma level sent to this webhook."""
+    tags: list[str] = []
+    """Send only alerts whose rule has at least one of these tags (any-of, case-insensitive); empty: all."""
+    timeout_s: float = Field(5.0, gt=0, le=300)
+    """How long one delivery attempt may take."""
+    max_attempts: int = Field(5, ge=1, le=50)
+    """Attempts before the notification is dead-lettered."""
+
+
+class AlertmanagerHookSettings(_Section):
+    url: str | None = Field(None, pattern=r"^https?://")
+    """Alertmanager base URL (alerts go to URL/api/v2/alerts); unset: no Alertmanager hook."""
+    min_level: SigmaLevel = "medium"
+    """Lowest Sigma level sent to Alertmanager."""
+    tags: list[str] = []
+    """Send only alerts whose rule has one of these tags (any-of); empty: all."""
+    labels: dict[str, str] = {}
+    """Extra labels on every alert sent (e.g. cluster, environment)."""
+    timeout_s: float = Field(5.0, gt=0, le=300)
+    """How long one delivery attempt may take."""
+    max_attempts: int = Field(5, ge=1, le=50)
+    """Attempts before the notification is dead-lettered."""
+
+
+class HookSettings(_Section):
+    webhooks: list[WebhookSettings] = []
+    """Signed JSON webhooks, each routed by `min_level` and `tags` (see "Alert hooks")."""
+    alertmanager: AlertmanagerHookSettings = AlertmanagerHookSettings()
+    topic: str | None = None
+    """Bus topic (on Kafka: the topic, with the prefix) that routed notifications are re-published to."""
+    topic_min_level: SigmaLevel = "informational"
+    """Lowest Sigma level re-published to `hooks.topic`."""
+    public_url: str | None = Field(None, pattern=r"^https?://")
+    """Base URL of refsys as receivers reach it (links in notifications). Default: http://SERVER_HOST:PORT."""
+    backoff_initial_s: float = Field(1.0, gt=0)
+    """First retry delay; it doubles per attempt (with jitter) up to `backoff_max_s`."""
+    backoff_max_s: float = Field(30.0, gt=0)
+    """Longest wait between two attempts, also for a receiver's longer Retry-After."""
+    workers: int = Field(8, ge=1, le=128)
+    """Deliveries in flight at once, so one slow receiver does not hold the others."""
+
+    @model_validator(mode="after")
+    def _hook_names_unique(self) -> HookSettings:
+        names = [hook.name for hook in self.webhooks]
+        taken = {name for name in names if names.count(name) > 1} | (set(names) & RESERVED_HOOK_NAMES)
+        if taken:
+            raise ValueError(f"webhook names must be unique and not reserved: {sorted(taken)}")
+        return self
+
+    @field_validator("topic")
+    @classmethod
+    def _publishable_topic(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # Imported here: the bus package imports this module, so a top-level import would be circular.
+        from control_plane.core.bus import topics
+        from control_plane.core.bus.base import check_topic
+
+        if value in topics.ALL_TOPICS:
+            raise ValueError(f"{value!r} is one of refsys's own topics; name a topic of its own")
+        return check_topic(value)
+
+
 class MetricsSettings(_Section):
     port: int | None = Field(None, ge=1, le=65535)
     """Optional separate, unauthenticated metrics port for in-cluster scraping."""
@@ -400,6 +476,7 @@ class Settings(BaseSettings):
     demo: DemoSettings = DemoSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
+    hooks: HookSettings = HookSettings()
 
     @field_validator("data_dir")
     @classmethod

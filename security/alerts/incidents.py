@@ -76,7 +76,7 @@ def change(
             raise IncidentNotFound(f"no incident {incident_id}")
         current = {name: getattr(row, name) for name in EDITABLE}
         try:
-            wanted = _checked(current, changes)
+            wanted = checked(current, changes)
         except IncidentError as exc:
             refusal = exc
         else:
@@ -125,7 +125,7 @@ def comment(engine: Engine, audit: AuditTrail, incident_id: str, body: str, acto
     return note
 
 
-def _checked(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+def checked(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     """The fields ``changes`` really changes, after checking the transition and the resolution rule."""
     unknown = set(changes) - set(EDITABLE)
     if unknown:

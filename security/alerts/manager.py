@@ -33,6 +33,7 @@ class IncidentManager:
         return self.sink.handle(alerts)
 
     def start(self) -> None:
+        self.sink.flush_audit()  # what a crash left between an incident change and its audit record
         self.consumer = AlertConsumer(bus=self.bus, sink=self.sink)
         self.consumer.start()
 

@@ -5,16 +5,18 @@ one) it already holds is skipped. A new alert is either a duplicate of an earlie
 within the suppression window, in event time), which only raises that alert's count, or a new alert, which joins
 the open incident sharing a host, user or source address with it within the incident window, or opens one.
 
-Writes of one batch share one transaction, and one lock serialises batches in this process, so two alerts of a
-batch see each other. The incident changes are audited once that transaction has committed (the audit trail
-takes the database's write lock itself, so it cannot run inside it).
+Writes of one batch share one transaction, and batches are serialised (a lock in this process, and the database's
+write lock, taken first, across processes), so an alert always sees the ones handled before it. The incident
+changes are audited through an outbox: written in that transaction, appended to the audit trail once it has
+committed (the trail takes the write lock itself, so it cannot run inside), and only then deleted; a crash in
+between leaves them for the next flush, so a change may be audited twice but never not at all.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,6 +33,8 @@ from security.alerts.model import Alert, level_rank
 
 SINK_ACTOR = Actor(subject="refsys:incidents")
 """Who the audit trail names for the incident changes the sink makes."""
+SINK_LOCK_KEY = 0x5EF5A1E7
+"""PostgreSQL advisory lock that serialises the sinks of every process."""
 INCIDENT_CANDIDATES = 50
 """Open incidents within the window looked at for a shared entity, most recently active first."""
 
@@ -44,7 +48,6 @@ class HandleSummary:
     replayed: int = 0
     incidents_opened: int = 0
     attached: int = 0
-    _audit: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
 
 class AlertSink:
@@ -55,7 +58,7 @@ class AlertSink:
         self.audit = audit
         self.suppression_window_s = settings.suppression_window_s
         self.incident_window = timedelta(seconds=settings.incident_window_s)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._raised = Counter(
             "refsys_alerts_raised", "Alerts stored (duplicates excluded).", registry=registry
         )
@@ -73,14 +76,32 @@ class AlertSink:
         summary = HandleSummary()
         with self._lock:
             with self.engine.begin() as connection:
+                _serialise(connection)
                 for alert in alerts:
                     self._one(connection, alert, summary)
-            for entry in summary._audit:
-                self.audit.append(actor=SINK_ACTOR, outcome="success", **entry)
+            self.flush_audit()
         self._raised.inc(summary.raised)
         self._deduplicated.inc(summary.deduplicated)
         self._opened.inc(summary.incidents_opened)
         return summary
+
+    def flush_audit(self) -> int:
+        """Move the outbox's audit records to the audit trail, oldest first; returns how many."""
+        outbox = tables.incident_audit_outbox
+        with self._lock:
+            with self.engine.connect() as connection:
+                pending = connection.execute(sa.select(outbox).order_by(outbox.c.id)).all()
+            for row in pending:
+                self.audit.append(
+                    actor=SINK_ACTOR,
+                    action=row.action,
+                    outcome="success",
+                    target=row.target,
+                    details=row.details,
+                )
+                with self.engine.begin() as connection:
+                    connection.execute(outbox.delete().where(outbox.c.id == row.id))
+        return len(pending)
 
     def _one(self, connection: sa.Connection, alert: Alert, summary: HandleSummary) -> None:
         if _known(connection, alert.id):
@@ -152,16 +173,11 @@ class AlertSink:
         connection.execute(tables.incidents.insert().values(**values))
         _link(connection, alert.id, incident_id, now)
         summary.incidents_opened += 1
-        summary._audit.append(
-            {
-                "action": "incident.create",
-                "target": incident_id,
-                "details": {
-                    "alert_id": alert.id, "rule_id": alert.rule.id, "severity": alert.level,
-                    "techniques": values["techniques"], "entities": values["entities"],
-                },
-            }
-        )  # fmt: skip
+        details = {
+            "alert_id": alert.id, "rule_id": alert.rule.id, "severity": alert.level,
+            "techniques": values["techniques"], "entities": values["entities"],
+        }  # fmt: skip
+        _outbox(connection, "incident.create", incident_id, details)
 
     def _attach(
         self,
@@ -193,9 +209,25 @@ class AlertSink:
         details: dict[str, Any] = {"alert_id": alert.id, "rule_id": alert.rule.id, "level": alert.level}
         if severity != incident["severity"]:
             details["severity"] = {"from": incident["severity"], "to": severity}
-        summary._audit.append(
-            {"action": "incident.alert-attached", "target": incident["id"], "details": details}
+        _outbox(connection, "incident.alert-attached", incident["id"], details)
+
+
+def _serialise(connection: sa.Connection) -> None:
+    """Take the database's write lock for the batch, so that sinks in several processes (consumer group members
+    on other partitions) never both open an incident or a series of duplicates for the same thing."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.select(sa.func.pg_advisory_xact_lock(SINK_LOCK_KEY)))
+    else:  # SQLite: any write statement takes the database's write lock until the transaction ends
+        outbox = tables.incident_audit_outbox
+        connection.execute(outbox.delete().where(outbox.c.id == ""))
+
+
+def _outbox(connection: sa.Connection, action: str, target: str, details: dict[str, Any]) -> None:
+    connection.execute(
+        tables.incident_audit_outbox.insert().values(
+            id=ids.new_id(), action=action, target=target, details=details
         )
+    )
 
 
 def _known(connection: sa.Connection, alert_id: str) -> bool:

@@ -118,8 +118,22 @@ class IncidentComment(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class IncidentAuditOutbox(Base):
+    """Audit records of the sink's incident changes, written in the same transaction as the changes and moved to
+    the audit trail right after it commits: the trail takes the database's write lock itself, so it cannot join
+    that transaction, and a crash in between must not lose the record."""
+
+    __tablename__ = "incident_audit_outbox"
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    action: Mapped[str] = mapped_column(sa.String(64))
+    target: Mapped[str] = mapped_column(sa.String(36))
+    details: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+
+
 alerts = cast(sa.Table, AlertRow.__table__)
 alert_duplicates = cast(sa.Table, AlertDuplicate.__table__)
 incidents = cast(sa.Table, Incident.__table__)
 incident_alerts = cast(sa.Table, IncidentAlert.__table__)
 incident_comments = cast(sa.Table, IncidentComment.__table__)
+incident_audit_outbox = cast(sa.Table, IncidentAuditOutbox.__table__)

@@ -101,6 +101,27 @@ def test_a_replayed_alert_changes_nothing(app: tuple[TestClient, Services]) -> N
     assert metric(services, "refsys_incidents_opened_total") == 1
 
 
+def test_an_audit_failure_after_the_commit_loses_no_audit_record(
+    app: tuple[TestClient, Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, services = app
+    sink = manager(client).sink
+
+    def broken(**_kwargs: Any) -> None:
+        raise OSError("audit trail unreachable")
+
+    monkeypatch.setattr(sink.audit, "append", broken)
+    with pytest.raises(OSError):
+        sink.handle([alert("o-1", "10:00")])  # the incident is committed, its audit record is not yet
+    monkeypatch.undo()
+    [incident] = get(client, services, "/api/v1/incidents")["items"]
+    assert actions(services, incident["id"]) == []
+
+    assert sink.handle([alert("o-1", "10:00")]).replayed == 1  # the redelivery flushes what was left
+    assert actions(services, incident["id"]) == [("incident.create", "success")]
+    assert sink.flush_audit() == 0
+
+
 def test_duplicates_count_within_the_window_and_raise_a_new_alert_after_it(
     app: tuple[TestClient, Services],
 ) -> None:

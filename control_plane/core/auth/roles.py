@@ -34,6 +34,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "telemetry:ingest": frozenset({Role.INGEST}),
     "telemetry:read": frozenset({Role.SECURITY_OFFICER}),
     "events:search": frozenset({Role.SECURITY_OFFICER, Role.AUDITOR}),
+    "hooks:read": frozenset({Role.SECURITY_OFFICER}),
+    "hooks:write": frozenset({Role.SECURITY_OFFICER}),
     "rules:read": frozenset({Role.SECURITY_OFFICER}),
     "rules:write": frozenset({Role.SECURITY_OFFICER}),
     "alerts:read": frozenset({Role.SECURITY_OFFICER}),

@@ -103,8 +103,18 @@ def upgrade() -> None:
     with op.batch_alter_table("incident_comments", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_incident_comments_incident_id"), ["incident_id"], unique=False)
 
+    op.create_table(
+        "incident_audit_outbox",
+        sa.Column("id", sa.String(length=36), nullable=False),
+        sa.Column("action", sa.String(length=64), nullable=False),
+        sa.Column("target", sa.String(length=36), nullable=False),
+        sa.Column("details", sa.JSON(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("incident_audit_outbox")
     op.drop_table("incident_comments")
     op.drop_table("incident_alerts")
     op.drop_table("alert_duplicates")
