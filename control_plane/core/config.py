@@ -331,8 +331,9 @@ class DetectionSettings(_Section):
     rule_dirs: list[Path] = []
     """Directories of Sigma rule files (rules, correlations, filters) loaded besides the bundled ones (a read-only
     base; uploads through the API are an overlay)."""
-    placeholders: dict[str, list[str]] = {}
-    """Values of Sigma `expand` placeholders (`%admins%` -> list), by placeholder name."""
+    placeholders: dict[str, list[str]] = {"admins": ["root"]}
+    """Values of Sigma `expand` placeholders (`%admins%` -> list), by placeholder name. The bundled sudo rule
+    alerts on every account not in `admins`: list your administrators there."""
     lateness_s: float = Field(60.0, ge=0)
     """How late (event time, behind the latest seen) a match may arrive and still count in correlation windows."""
     max_groups: int = Field(100_000, ge=1)

@@ -131,6 +131,36 @@ _K8S_AUDIT_KEYS = (
     "|requestObject|responseObject|requestReceivedTimestamp|stageTimestamp|annotations"
 )
 _SYSLOG_ECS = frozenset({"process.name", "host.hostname", "log.syslog.appname"})
+_SUDO_ECS = _SYSLOG_ECS | {
+    "event.action", "event.outcome", "user.name", "user.effective.name", "process.command_line",
+    "process.working_directory",
+}  # fmt: skip
+_EVE_NATIVE = (
+    "event_type|proto|app_proto|flow_id|tx_id|community_id|in_iface|direction|host|metadata|alert|flow|http|dns"
+    "|tls|fileinfo|ssh|smb|anomaly"
+)
+"""EVE keys read natively; the addresses and ports are not, so that ``src_ip`` reads the normalised ECS field."""
+_EVE_ECS = _NETWORK_ECS | {
+    "event.action", "event.severity", "network.protocol", "rule.id", "rule.name", "rule.category", "url.original",
+    "user_agent.original",
+}  # fmt: skip
+"""ECS fields of EVE records; not ``http.*``, ``dns.*``, ``tls.*``, which read EVE's own objects of those names."""
+
+_KEYCLOAK_ECS = frozenset({
+    "source.ip", "user.id", "user.name", "user.domain", "event.action", "event.outcome", "event.reason",
+    "user.target.id", "user.target.name", "user.target.roles", "user.target.group.name", "group.name",
+})  # fmt: skip
+_FALCO_ECS = frozenset({
+    "host.name", "event.severity", "process.name", "process.executable", "process.command_line",
+    "process.parent.name", "user.name", "container.id", "container.name", "container.image.name",
+    "orchestrator.namespace", "orchestrator.resource.name", "source.ip", "destination.ip", "destination.port",
+    "file.path",
+})  # fmt: skip
+
+
+def _native(keys: str) -> re.Pattern[str]:
+    """Top-level native keys (``a|b|c``) and anything below them."""
+    return re.compile(rf"(?:{keys})(?:\.[A-Za-z0-9_\-\[\]]+)*")
 
 
 def _eve(event_type: str, *more: str) -> Mapping[str, frozenset[str]]:
@@ -266,9 +296,98 @@ ROUTES: tuple[Route, ...] = (
         native={"action": "suricata.eve.alert.action"},
         ecs=_NETWORK_ECS,
     ),
+    # Sources SigmaHQ has no log source for: refsys's own records and the sensors it ingests whole. Their
+    # rules (security/rules) name native fields as the source writes them, or the ECS fields listed.
+    Route(
+        "refsys-audit",
+        frozenset({("refsys", None, "audit")}),
+        "refsys.audit",
+        native_prefix=(
+            _native("seq|id|time|actor|roles|jti|client|user_agent|request_id|action|target|outcome|details"),
+            "refsys.audit.",
+        ),
+        ecs=frozenset(
+            {"source.ip", "user.name", "user.roles", "event.action", "event.outcome", "event.type"}
+        ),
+    ),
+    Route(
+        "refsys-access",
+        frozenset({("refsys", None, "access")}),
+        "refsys.access",
+        native_prefix=(
+            _native("time|request_id|client_request_id|method|route|status|latency_ms|sub|jti|client"),
+            "refsys.access.",
+        ),
+        ecs=frozenset(
+            {"source.ip", "user.name", "event.action", "event.outcome", "http.response.status_code"}
+        ),
+    ),
+    Route(
+        "refsys-health",
+        frozenset({("refsys", None, "health")}),
+        "refsys.health",
+        native_prefix=(_native("source"), "refsys."),
+        ecs=frozenset({"event.action", "event.kind", "observer.name", "observer.product"}),
+    ),
+    Route(
+        "keycloak",
+        frozenset({("keycloak", None, None)}),
+        "keycloak.events",
+        native_prefix=(
+            _native(
+                "id|time|type|realmId|realmName|clientId|userId|sessionId|ipAddress|error|details|operationType"
+                "|resourceType|resourcePath|representation|authDetails"
+            ),
+            "keycloak.",
+        ),
+        ecs=_KEYCLOAK_ECS,
+    ),
+    Route(
+        "falco",
+        frozenset({("falco", None, None)}),
+        "falco.alerts",
+        # Not Falco's ``source`` (``syscall``, ``k8s_audit``): the name would hide ECS ``source.ip``.
+        native_prefix=(_native("uuid|time|rule|priority|output|output_fields|tags|hostname"), "falco."),
+        ecs=_FALCO_ECS,
+    ),
+    Route(
+        "wazuh",
+        frozenset({("wazuh", None, None)}),
+        "wazuh.alerts",
+        native_prefix=(
+            _native("id|timestamp|rule|agent|manager|decoder|data|syscheck|location|full_log|predecoder"),
+            "wazuh.",
+        ),
+        ecs=frozenset(
+            {"host.name", "source.ip", "destination.ip", "user.name", "event.action", "event.severity"}
+        ),
+    ),
+    Route(
+        "suricata-eve",
+        frozenset({("suricata", None, None)}),
+        "suricata.eve",
+        native_prefix=(_native(_EVE_NATIVE), "suricata.eve."),
+        ecs=_EVE_ECS,
+    ),
+    Route(
+        "network-ids",
+        frozenset({(None, "ids", None), ("suricata", "ids", None)}),
+        "suricata.eve",
+        where=_eve("alert"),
+        native_prefix=(_native(_EVE_NATIVE), "suricata.eve."),
+        ecs=_EVE_ECS,
+    ),
+    Route(
+        "linux-sudo",
+        frozenset({("linux", None, "sudo")}),
+        "syslog.messages",
+        where={"log.syslog.appname": frozenset({"sudo"})},
+        native_prefix=(_native("sudo"), "syslog."),
+        ecs=_SUDO_ECS,
+    ),
 )
-"""Every log source refsys ingests that SigmaHQ writes rules for. Cisco, Fortinet, Huawei and Juniper device
-logs are not ingested, so their rules are unroutable."""
+"""Every log source refsys ingests that SigmaHQ writes rules for, then the log sources only refsys's bundled rules
+name. Cisco, Fortinet, Huawei and Juniper device logs are not ingested, so their rules are unroutable."""
 
 _BY_LOGSOURCE: dict[LogSource, Route] = {ls: route for route in ROUTES for ls in route.logsources}
 
