@@ -27,6 +27,8 @@ from security.alerts.manager import IncidentManager
 from security.demo.runner import DemoRunner
 from security.demo.traffic import DemoTraffic
 from security.detection import rules_api
+from security.detection.catalog import RuleCatalog
+from security.detection.service import Detection
 from security.hooks import api as hooks_api
 from security.hooks.notifier import Notifier
 from security.intake import api as intake_api
@@ -49,6 +51,11 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
         settings=settings, engine=services.engine, bus=services.bus, audit=services.audit,
         registry=services.metrics.registry,
     )  # fmt: skip
+    rule_catalog = RuleCatalog(services.engine, settings.detection)
+    detection = Detection(
+        settings.detection, engine=services.engine, bus=services.bus, rules=rule_catalog,
+        registry=services.metrics.registry,
+    )  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -58,6 +65,7 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
         production.start()
         notifier.start()
         incidents.start()
+        detection.start()
         demo_runner = _demo_runner(settings, telemetry) if demo else None
         if demo_runner is not None:
             demo_runner.start()
@@ -75,6 +83,7 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
                 metrics_server.shutdown()
             if demo_runner is not None:
                 demo_runner.stop()
+            detection.stop()
             incidents.stop()
             notifier.stop()
             production.stop()
@@ -96,6 +105,8 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
     app.state.production = production
     app.state.notifier = notifier
     app.state.incidents = incidents
+    app.state.rule_catalog = rule_catalog
+    app.state.detection = detection
     install_problem_handlers(app)
     app.include_router(system.router)
     if services.issuer is not None:

@@ -24,11 +24,17 @@ from control_plane.cli.common import (
     config_option,
     fail,
     open_state,
+    open_trail,
     settings_from,
 )
 from control_plane.core.audit.trail import Actor
 from control_plane.core.bus import create_bus
 from control_plane.core.logs import configure_logging
+from security.alerts.manager import IncidentManager
+from security.alerts.model import Alert
+from security.detection.catalog import RuleCatalog
+from security.detection.service import InlineDetection
+from security.hooks.notifier import Notifier
 from security.intake.client import IngestClient, IngestRefused
 from security.intake.collector import Collector, Position
 from security.intake.files import DEFAULT_BATCH_BYTES, Batch, file_batches
@@ -102,8 +108,10 @@ def ingest(
         **{name: totals[name] for name in ("lines", "accepted", "rejected", "clamped")},
     }
     result |= {"files": per_file, "sources": {source: dict(totals)}}
-    if stored is not None:
+    if isinstance(send, _LocalSender):
         result["stored"] = stored
+        result["alerts"] = len(send.alerts)
+        result["alerts_by_rule"] = dict(Counter(alert.rule.title for alert in send.alerts).most_common())
     click.echo(json.dumps(result))
 
 
@@ -113,11 +121,23 @@ class _LocalSender:
 
     def __init__(self, config_file: Path | None, source: str) -> None:
         settings = settings_from(config_file)
+        self.alerts: list[Alert] = []
         self.engine = open_state(settings)
         self.telemetry = Telemetry(
             settings=settings, engine=self.engine, bus=create_bus(settings), registry=CollectorRegistry()
         )
-        self.telemetry.intake.deliver_to_store(self.telemetry.store)
+        # Alerts go where the server's stages send them: the incidents and the hooks.
+        sink_args: dict[str, Any] = {
+            "settings": settings, "engine": self.engine, "bus": self.telemetry.bus,
+            "audit": open_trail(settings, self.engine), "registry": CollectorRegistry(),
+        }  # fmt: skip
+        self.notifier = Notifier(**sink_args)
+        self.detection = InlineDetection(
+            RuleCatalog(self.engine, settings.detection),
+            lateness=settings.detection.lateness_s,
+            sinks=[self.alerts.extend, IncidentManager(**sink_args).handle, self.notifier.notify],
+        )
+        self.telemetry.intake.deliver_to_store(self.telemetry.store, then=self.detection)
         self.source = source
         self.observer = Actor.local_cli().subject
         # What is loaded by now lives as long as the command: keep it out of the collector's full passes,
@@ -136,7 +156,10 @@ class _LocalSender:
         return result.as_dict()
 
     def close(self) -> int:
-        """Finish storing; returns how many events this run added to the store (0 for a file seen before)."""
+        """Finish storing and detecting; returns how many events this run added to the store (0 for a file
+        seen before)."""
+        self.detection.close()
+        self.notifier.stop()
         self.telemetry.stop()
         self.telemetry.bus.close()
         self.engine.dispose()

@@ -15,17 +15,31 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 
 from control_plane.core.bus import Bus
-from control_plane.core.config import DetectionSettings
+from control_plane.core.config import DetectionSettings, Settings
 from security.alerts.model import Alert
 from security.detection.checkpoints import Checkpoints
 from security.detection.evaluation import Correlator, Detector
+from security.detection.ruleset import load
 from security.detection.stages import (
     CORRELATE_GROUP,
     CorrelationWorker,
     MatchingWorker,
     RuleSource,
     StageMetrics,
+    StaticRules,
 )
+
+
+def configured_rules(settings: Settings) -> RuleSource:
+    """The rules the configuration names (bundled and ``detection.rule_dirs``)."""
+    detection = settings.detection
+    return StaticRules(
+        load(
+            bundled=detection.bundled_rules,
+            rule_dirs=detection.rule_dirs,
+            placeholders=detection.placeholders,
+        )
+    )
 
 
 class Detection:
@@ -71,7 +85,7 @@ class InlineDetection:
         rules: RuleSource,
         *,
         lateness: float = 0.0,
-        sinks: Sequence[Callable[[list[Alert]], None]] = (),
+        sinks: Sequence[Callable[[list[Alert]], object]] = (),
     ) -> None:
         ruleset = rules.current()
         self.detector = Detector(ruleset)

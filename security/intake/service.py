@@ -103,6 +103,7 @@ class Intake:
         self._backlog = 0
         self._lock = threading.Lock()
         self._store: EventStore | None = None
+        self._then: Callable[[list[dict[str, Any]]], None] | None = None
         self.stored_total = 0
         """Events new to the store among those delivered by ``deliver_to_store``."""
         self._clamps = Counter(
@@ -234,7 +235,9 @@ class Intake:
                 self._enrich_failures.labels(source).inc()
                 log.warning("enrichment of a %s event failed: %s", source, exc)
 
-    def deliver_to_store(self, store: EventStore) -> None:
+    def deliver_to_store(
+        self, store: EventStore, *, then: Callable[[list[dict[str, Any]]], None] | None = None
+    ) -> None:
         """From now on, write accepted events straight into ``store`` instead of publishing them to the
         telemetry topic.
 
@@ -242,13 +245,17 @@ class Intake:
         there, so the bus makes a batch no more durable than the store's own commit does, while its round trip
         (encode, write, read back, decode every document) costs about a third of the work (bench/ingest_bench.py).
         The server keeps the bus: its 202 means "durable", and the store indexer drains at its own pace. What
-        is delivered this way does not pass through the topic, so nothing else reading it sees those events.
+        is delivered this way does not pass through the topic, so nothing else reading it sees those events:
+        ``then`` gets each stored batch instead (in-process detection).
         """
         self._store = store
+        self._then = then
 
     def _publish(self, source: str, observer: str, docs: list[dict[str, Any]]) -> None:
         if self._store is not None:
             self.stored_total += self._store.write(docs)
+            if self._then is not None and docs:
+                self._then(docs)
             return
         # One key per sender keeps a sender's events in order on one partition.
         key = f"{source}:{observer}"
