@@ -71,7 +71,8 @@ def problem_lines(ruleset: RuleSet, paths: set[str]) -> dict[str, list[str]]:
             continue
         info = ruleset.infos.get(problem.rule)
         rule_class = info.rule_class if info is not None and info.text.path == problem.path else "invalid"
-        found[problem.path].append(f"{problem.where()}: {problem.rule}: {rule_class}: {problem.reason}")
+        reason = " ".join(problem.reason.split())  # one line per problem, whatever the parser wrote
+        found[problem.path].append(f"{problem.where()}: {problem.rule}: {rule_class}: {reason}")
     return found
 
 

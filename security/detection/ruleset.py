@@ -188,6 +188,13 @@ def documents(text: str) -> Iterator[Document]:
         loader.dispose()
 
 
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """One line (the line number goes with the problem): PyYAML's message spans several with a caret."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        return ", ".join(part for part in (exc.context, exc.problem) if part)
+    return " ".join(str(exc).split())
+
+
 def _yaml_line(exc: yaml.YAMLError) -> int | None:
     mark = getattr(exc, "problem_mark", None)
     return mark.line + 1 if mark is not None else None
@@ -200,7 +207,7 @@ def parse_documents(text: RuleText) -> tuple[list[tuple[Parsed, Document]], list
     try:
         docs = list(documents(text.text))
     except yaml.YAMLError as exc:
-        return [], [RuleProblem(text.path, text.path, f"invalid YAML: {exc}", _yaml_line(exc))]
+        return [], [RuleProblem(text.path, text.path, f"invalid YAML: {_yaml_reason(exc)}", _yaml_line(exc))]
     for document in docs:
         if not isinstance(document.data, dict):
             problems.append(RuleProblem(text.path, text.path, "a document is not a mapping", document.line))
