@@ -9,7 +9,6 @@ change is audited. Role ``security-officer`` (``admin`` implied).
 
 from __future__ import annotations
 
-import threading
 from collections import Counter, defaultdict
 from datetime import datetime
 from typing import Annotated, Any
@@ -43,7 +42,6 @@ INVALID: dict[int | str, dict[str, Any]] = {
     422: {"description": "the rules do not parse, route, map or compile; `errors` lists every reason"}
 }
 MAX_TEST_EVENTS = 100_000
-_catalog_lock = threading.Lock()
 
 
 class RuleSummary(BaseModel):
@@ -190,13 +188,8 @@ class Coverage(BaseModel):
 
 
 def rule_catalog(request: Request) -> RuleCatalog:
-    """The app's catalog (``app.state.rule_catalog``), made on first use when the app did not set one."""
-    with _catalog_lock:
-        catalog: RuleCatalog | None = getattr(request.app.state, "rule_catalog", None)
-        if catalog is None:
-            services: Services = request.app.state.services
-            catalog = RuleCatalog(services.engine, services.settings.detection)
-            request.app.state.rule_catalog = catalog
+    """The app's catalog: the one the serving stages read, so a change here reaches them."""
+    catalog: RuleCatalog = request.app.state.rule_catalog
     return catalog
 
 
