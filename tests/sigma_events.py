@@ -408,6 +408,20 @@ def build_event(
 # --- near misses --------------------------------------------------------------------------------------------
 
 
+SYMBOLS = "*?_%\\.[]'\"$/-"
+"""Characters that mean something to a LIKE, GLOB or regex translation: changing one exposes a missed escape."""
+
+
+def _changed_symbol(text: str, literal: str) -> str | None:
+    """``text`` with the last symbol of the rule's literal (``_``, ``%``, an escaped ``*``...) made a letter."""
+    start = text.find(literal) if literal else -1
+    offsets = [i for i, char in enumerate(literal) if char in SYMBOLS]
+    if start < 0 or not offsets:
+        return None
+    at = start + offsets[-1]
+    return text[:at] + "x" + text[at + 1 :]
+
+
 def _changed_character(text: str, literal: str) -> str | None:
     """``text`` with one character of the rule's literal changed (case-insensitively different)."""
     start = text.find(literal) if literal else -1
@@ -447,6 +461,9 @@ def near_misses(
             changed = _changed_character(current, literal)
             if changed is not None:
                 yield f"{name}: changed character", {**event, name: changed}
+            symbol = _changed_symbol(current, literal)
+            if symbol is not None:
+                yield f"{name}: changed symbol", {**event, name: symbol}
             yield f"{name}: wrong prefix", {**event, name: "x" + current}
         elif isinstance(value, SigmaCIDRExpression):
             yield f"{name}: outside the network", {**event, name: _outside(value.network)}
@@ -520,6 +537,12 @@ def generate(
             out.append(Generated(rule_id, "positive", event))
             if pick == 0:
                 out.append(Generated(rule_id, "positive (case swapped)", swapped_case(event, protected)))
+                multi_line = {
+                    k: v.replace(PADDING, "p\nd") if isinstance(v, str) and not protected(k) else v
+                    for k, v in event.items()
+                }
+                if multi_line != event:
+                    out.append(Generated(rule_id, "positive (multi-line padding)", multi_line))
             if pick < near_miss_sources:
                 out.extend(
                     Generated(rule_id, f"near miss: {what}", missed)

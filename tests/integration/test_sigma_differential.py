@@ -208,7 +208,7 @@ def _views(case: Case, list_field: str) -> Iterator[dict[str, Any]]:
 
 
 def _case(generated: Generated) -> Case:
-    kind = generated.kind.split(":")[0].removesuffix(" (case swapped)")
+    kind = generated.kind.split(":")[0].split(" (")[0]
     return Case(f"{generated.kind} of {generated.rule_id}", kind, generated.event)
 
 

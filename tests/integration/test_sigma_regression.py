@@ -24,6 +24,7 @@ from sigma.rule import SigmaRule
 
 from security.sigma import CompiledRule, SigmaCompileError, compile_rule
 from tests.shared_data import shared_file
+from tests.sigma_sqlite import connect, quoted, sqlite_value
 
 RULE_DIRS = ("rules", "rules-emerging-threats", "rules-threat-hunting", "rules-placeholder")
 
@@ -185,35 +186,22 @@ def _sqlite_events(suite: Suite) -> sqlite3.Connection:
     SQLite column names are case-insensitive, so fields differing only in case would collide; the Windows
     dumps have none (asserted), which keeps the table faithful to the events.
     """
-    db = sqlite3.connect(":memory:")
-    db.create_function(
-        "regexp", 2, lambda pattern, value: value is not None and re.search(pattern, str(value)) is not None
-    )
+    db = connect()
     columns: dict[str, str] = {}
     for case in suite.cases:
         for event in case.events:
             for name in event:
                 assert columns.setdefault(name.lower(), name) == name, f"fields differ only in case: {name}"
-    quoted = ", ".join(f'"{name}"' for name in ["_dump", *columns.values()])
-    db.execute(f"CREATE TABLE logs ({quoted})")
+    declared = ", ".join(quoted(name) for name in ["_dump", *columns.values()])
+    db.execute(f"CREATE TABLE logs ({declared})")
     for index, case in enumerate(suite.cases):
         for event in case.events:
             names = ["_dump", *event]
             db.execute(
-                f"INSERT INTO logs ({', '.join(_quoted(n) for n in names)}) VALUES ({', '.join('?' * len(names))})",
-                [index, *(_sqlite_value(v) for v in event.values())],
+                f"INSERT INTO logs ({', '.join(quoted(n) for n in names)}) VALUES ({', '.join('?' * len(names))})",
+                [index, *(sqlite_value(v) for v in event.values())],
             )
     return db
-
-
-def _quoted(name: str) -> str:
-    """A SQL identifier for a field name (Windows data names may hold any character)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _sqlite_value(value: Any) -> Any:
-    """SQLite stores scalars as they are; nested values (none in the Windows dumps) as their JSON text."""
-    return json.dumps(value) if isinstance(value, list | dict) else value
 
 
 def _sqlite_hits(db: sqlite3.Connection, rule_id: str, rule: SigmaRule) -> set[tuple[str, int]]:
@@ -229,7 +217,7 @@ def _sqlite_hits(db: sqlite3.Connection, rule_id: str, rule: SigmaRule) -> set[t
                 missing = re.match(r"no such column: (.+)$", str(exc))
                 if not missing:
                     raise
-                db.execute(f"ALTER TABLE logs ADD COLUMN {_quoted(missing.group(1))}")
+                db.execute(f"ALTER TABLE logs ADD COLUMN {quoted(missing.group(1))}")
         hits.update((rule_id, row[0]) for row in rows)
     return hits
 
