@@ -1,7 +1,8 @@
 """Alert hooks end to end: alerts published on the ``alerts`` topic reach signed webhooks (verified, replays
 refused), flaky receivers are retried and delivered once, dead receivers are dead-lettered, listed and retried
 through the API, routing follows level and tags; a real Alertmanager lists the alert with its labels; the bus
-topic carries the notification."""
+topic carries the notification; and acceptance 5: an attack ingested through the API becomes an alert and an
+incident, and reaches the signed webhook and a real Alertmanager."""
 
 from __future__ import annotations
 
@@ -336,3 +337,53 @@ def test_routed_notifications_are_republished_on_the_configured_topic(tmp_path: 
             assert reader.poll(timeout_s=0.2) == []  # the medium alert is below topic_min_level
         notifier: Notifier = client.app.state.notifier  # type: ignore[attr-defined]
         assert records[0].value["delivery_id"] == notifier.notify(alerts[:1])[0].delivery_id
+
+
+FALCO_CRITICAL_RULE = "a1cf9b4b-5460-4db5-a057-b800e235c475"
+
+
+def test_acceptance_5_an_ingested_attack_reaches_the_webhook_and_alertmanager(
+    tmp_path: Path, receiver: Receiver, alertmanager: str
+) -> None:
+    secret = tmp_path / "hook.key"
+    secret.write_bytes(SECRET)
+    hooks = {
+        "webhooks": [_webhook(receiver, secret, "soc", min_level="high")],
+        "alertmanager": {"url": alertmanager, "min_level": "high"},
+    }
+    settings = make_settings(tmp_path / "var", hooks=hooks)
+    now = clock.utcnow()
+    falco = {
+        "hostname": "proc-node-2", "priority": "Critical", "rule": "Drop and execute new binary in container",
+        "output": "Drop and execute new binary in container (test)", "source": "syscall",
+        "time": clock.rfc3339(now),
+        "output_fields": {"proc.name": "x", "container.id": "4f2a9c1b7d3e", "user.name": "root"},
+    }  # fmt: skip
+    with running_app(settings) as (client, services):
+        ingested = client.post("/api/v1/ingest/falco", json=falco, headers=bearer(services, Role.INGEST))
+        assert ingested.status_code == 202 and ingested.json()["accepted"] == 1, ingested.text
+        officer = bearer(services, Role.SECURITY_OFFICER)
+
+        def raised() -> list[dict[str, Any]]:
+            items = client.get("/api/v1/alerts", headers=officer).json()["items"]
+            return [a for a in items if a["rule"]["id"] == FALCO_CRITICAL_RULE]
+
+        (alert,) = wait_for(raised, "the Falco critical alert", deadline_s=30)
+        wait_for(lambda: client.get("/api/v1/incidents", headers=officer).json()["items"], "its incident", 30)
+
+        (delivered,) = wait_for(lambda: receiver.at("/soc"), "the webhook notification", deadline_s=30)
+        headers = delivered.headers
+        assert signature.verify(
+            SECRET, headers["x-refsys-timestamp"], delivered.body, headers["x-refsys-signature"]
+        )
+        assert delivered.json["alert"]["id"] == alert["id"]
+        assert delivered.json["rule"]["techniques"] == ["T1059", "T1611"]
+
+        def listed() -> list[dict[str, Any]]:
+            found = httpx.get(f"{alertmanager}/api/v2/alerts", timeout=10).json()
+            return [a for a in found if a["labels"].get("refsys_alert_id") == alert["id"]]
+
+        (managed,) = wait_for(listed, "the alert in Alertmanager", deadline_s=30)
+        assert managed["labels"]["rule_id"] == FALCO_CRITICAL_RULE
+        assert managed["labels"]["severity"] == "critical"
+        assert managed["labels"]["host"] == "proc-node-2"
