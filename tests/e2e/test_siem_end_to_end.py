@@ -5,6 +5,7 @@ correlation window left open when the server is SIGKILLed fires once after the r
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -180,8 +181,6 @@ def test_a_correlation_window_open_across_a_crash_fires_once(server: ServerProce
 
 def _checkpointed(database: Path, user: str, count: int) -> bool:
     """Whether a saved correlation snapshot holds ``count`` entries of ``user``'s group."""
-    import sqlite3
-
     with sqlite3.connect(database) as connection:
         rows = connection.execute("select snapshot from correlation_checkpoints").fetchall()
     for (snapshot,) in rows:
