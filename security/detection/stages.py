@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from control_plane.core import clock
 from control_plane.core.bus import Bus, Record, topics
@@ -77,6 +77,7 @@ class StageMetrics:
     """The stages' Prometheus series; one set per registry, shared by every worker."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         self.events = Counter(
             "refsys_detection_events", "Events evaluated by the matching stage.", registry=registry
         )
@@ -203,6 +204,18 @@ class CorrelationWorker(_Loop):
         self._version = -1
         self._digest = ""
         self._last_checkpoint = time.monotonic()
+        Gauge(
+            "refsys_correlation_groups",
+            "Correlation groups held in the stage's windows.",
+            registry=metrics.registry,
+        ).set_function(lambda: sum(c.engine.group_count() for c in list(self._correlators.values())))
+        Gauge(
+            "refsys_correlation_evicted_groups",
+            "Groups evicted past detection.max_groups since the state began (kept across restarts).",
+            registry=metrics.registry,
+        ).set_function(
+            lambda: sum(c.engine.counters["evicted_groups"] for c in list(self._correlators.values()))
+        )
 
     def _correlator(self, partition: int) -> Correlator:
         if self.rules.version != self._version:

@@ -214,6 +214,10 @@ class CorrelationEngine:
         self._groups: dict[str, OrderedDict[str, dict[str, Any]]] = {k: OrderedDict() for k in self._corrs}
         self._pending: dict[str, list[list[Any]]] = {k: [] for k in self._corrs}
 
+    def group_count(self) -> int:
+        """Groups held across every correlation: the size of the state."""
+        return sum(len(groups) for groups in self._groups.values())
+
     def standalone_alerts(self, rule_ref: str) -> bool:
         """Whether a plain rule's own matches alert: not when a correlation uses it without ``generate``."""
         return rule_ref not in self._silent
