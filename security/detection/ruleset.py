@@ -18,6 +18,7 @@ events with ``condition: not selection`` (the API refuses a filter whose conditi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -231,18 +232,33 @@ def parse_text(text: RuleText) -> tuple[list[Parsed], list[RuleProblem]]:
 
 
 def _resolved(rules: list[Parsed], infos: dict[str, RuleInfo]) -> SigmaCollection:
-    """The collection correlations resolve against; a correlation naming an unknown rule is marked invalid."""
-    candidates = SigmaCollection(rules, resolve_references=False)
+    """The collection correlations resolve against: plain rules and the enabled correlations that resolve (one
+    naming an unknown or disabled rule is marked invalid, then so is one naming that one, and so on).
+
+    A disabled correlation is left out, but the rules it uses without ``generate`` stay quiet as while it ran:
+    disabling a brute-force correlation must not turn every failed login into an alert."""
+    everything = SigmaCollection(rules, resolve_references=False)
     kept: list[Parsed] = []
     for rule in rules:
-        if isinstance(rule, SigmaCorrelationRule):
-            try:
-                rule.resolve_rule_references(candidates)
-            except SigmaError as exc:
-                info = infos[rule_ref(rule)]
-                info.rule_class, info.reason = INVALID, f"unresolved reference: {exc}"
-                continue
-        kept.append(rule)
+        if isinstance(rule, SigmaCorrelationRule) and not infos[rule_ref(rule)].enabled:
+            with contextlib.suppress(SigmaError):
+                rule.resolve_rule_references(everything)  # marks the rules it uses as silent
+        else:
+            kept.append(rule)
+    while True:
+        candidates = SigmaCollection(kept, resolve_references=False)
+        bad: list[Parsed] = []
+        for rule in kept:
+            if isinstance(rule, SigmaCorrelationRule):
+                try:
+                    rule.resolve_rule_references(candidates)
+                except SigmaError as exc:
+                    info = infos[rule_ref(rule)]
+                    info.rule_class, info.reason = INVALID, f"unresolved reference: {exc}"
+                    bad.append(rule)
+        if not bad:
+            break
+        kept = [rule for rule in kept if not any(rule is b for b in bad)]
     collection = SigmaCollection(kept, resolve_references=False)
     collection.resolve_rule_references()
     return collection
@@ -272,11 +288,7 @@ def build(
     ruleset.infos = by_ref
     ruleset.origins = {ref: info.text for ref, info in by_ref.items()}
     active_filters = [i for i in by_ref.values() if i.kind == "filter" and i.enabled]
-    evaluated: list[Parsed] = [
-        info.rule
-        for info in by_ref.values()
-        if isinstance(info.rule, SigmaRule) or (isinstance(info.rule, SigmaCorrelationRule) and info.enabled)
-    ]
+    evaluated: list[Parsed] = [i.rule for i in by_ref.values() if not isinstance(i.rule, SigmaFilter)]
     ruleset.collection = _resolved(evaluated, by_ref)
     for info in by_ref.values():
         if isinstance(info.rule, SigmaRule):
