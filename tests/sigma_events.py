@@ -20,6 +20,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from re import _constants as sre  # type: ignore[attr-defined]
 from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any
@@ -45,7 +46,9 @@ from sigma.types import (
     SigmaRegularExpression,
     SigmaRegularExpressionFlag,
     SigmaString,
+    SigmaTimestampPart,
     SpecialChars,
+    TimestampPart,
 )
 
 PADDING = "pad"
@@ -285,6 +288,31 @@ def _number(value: SigmaNumber | SigmaCompareExpression) -> int | float:
     }[value.op]
 
 
+_COMPARE: dict[CompareOperators, Callable[[float, float], bool]] = {
+    CompareOperators.GT: lambda a, b: a > b,
+    CompareOperators.GTE: lambda a, b: a >= b,
+    CompareOperators.LT: lambda a, b: a < b,
+    CompareOperators.LTE: lambda a, b: a <= b,
+    CompareOperators.NEQ: lambda a, b: a != b,
+}
+
+
+def _satisfies(number: float, value: SigmaNumber | SigmaCompareExpression) -> bool:
+    if isinstance(value, SigmaNumber):
+        return bool(number == value.number)
+    return _COMPARE[value.op](number, value.number.number)
+
+
+def _numbers(values: Sequence[Any], skips: Skips) -> Any:
+    """A number meeting several comparisons on one field (``gte: 100`` and ``lt: 200``): a candidate each
+    value suggests that all of them accept."""
+    for candidate in (_number(v) for v in values):
+        if all(_satisfies(candidate, v) for v in values):
+            return candidate
+    skips.add("comparisons no single number meets")
+    return _UNMET
+
+
 def _address(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
     """An address inside the network: the first host when there is one, else the network's own address."""
     return str(network.network_address + 1 if network.num_addresses > 2 else network.network_address)
@@ -337,6 +365,10 @@ def _wanted_value(values: Sequence[Any], skips: Skips) -> Any:
             skips.add("regular expression the sample walker cannot satisfy")
             return _UNMET
         return " ".join([combine_strings(strings)] * bool(strings) + [s for s in samples if s is not None])
+    if others and all(isinstance(v, SigmaTimestampPart) for v in others):
+        return _timestamp(others, skips)
+    if len(others) > 1 and all(isinstance(v, SigmaNumber | SigmaCompareExpression) for v in others):
+        return _numbers(others, skips)
     if len(others) > 1 or strings or regexes:
         skips.add("a number, address or null together with other values on one field")
         return _UNMET
@@ -353,6 +385,25 @@ def _wanted_value(values: Sequence[Any], skips: Skips) -> Any:
         return "present" if value.exists else _ABSENT
     skips.add(f"value type {type(value).__name__}")
     return _UNMET
+
+
+def _timestamp(parts: Sequence[SigmaTimestampPart], skips: Skips) -> Any:
+    """An ISO timestamp (no zone: Sigma's time modifiers convert none) whose parts are the rule's numbers;
+    the ISO week depends on the whole date, so a ``week`` part is not generated."""
+    fields = {
+        TimestampPart.YEAR: 2026,
+        TimestampPart.MONTH: 11,
+        TimestampPart.DAY: 25,
+        TimestampPart.HOUR: 10,
+        TimestampPart.MINUTE: 30,
+    }
+    for part in parts:
+        if part.timestamp_part not in fields:
+            skips.add(f"timestamp part {part.timestamp_part.name.lower()}")
+            return _UNMET
+        fields[part.timestamp_part] = int(part.number)
+    year, month, day, hour, minute = fields.values()
+    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:00"
 
 
 _ABSENT = object()
@@ -465,8 +516,14 @@ def near_misses(
             if symbol is not None:
                 yield f"{name}: changed symbol", {**event, name: symbol}
             yield f"{name}: wrong prefix", {**event, name: "x" + current}
+            if current.isdigit() and len(current) < 10:
+                yield f"{name}: as a number", {**event, name: int(current)}
         elif isinstance(value, SigmaCIDRExpression):
             yield f"{name}: outside the network", {**event, name: _outside(value.network)}
+        elif isinstance(value, SigmaTimestampPart) and isinstance(current, str):
+            moment = datetime.fromisoformat(current).replace(tzinfo=UTC)
+            yield f"{name}: with a zone offset", {**event, name: current + "+05:00"}
+            yield f"{name}: as epoch seconds", {**event, name: int(moment.timestamp())}
         elif isinstance(value, SigmaNumber | SigmaCompareExpression) and isinstance(current, int | float):
             yield f"{name}: off by one", {**event, name: current + 1}
             yield f"{name}: as text", {**event, name: str(current)}

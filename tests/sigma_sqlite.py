@@ -20,6 +20,7 @@ from sigma.backends.sqlite import sqliteBackend
 from sigma.collection import SigmaCollection
 from sigma.conditions import ConditionFieldEqualsValueExpression, ConditionValueExpression
 from sigma.conversion.state import ConversionState
+from sigma.processing.pipeline import ProcessingPipeline
 from sigma.rule import SigmaRule
 from sigma.types import SigmaFieldReference, SigmaString, SpecialChars
 
@@ -63,8 +64,10 @@ class KeywordBackend(sqliteBackend):
     remain the backend's. ``columns`` are the table's columns.
     """
 
-    def __init__(self, columns: Iterable[str], **options: Any) -> None:
-        super().__init__(**options)
+    def __init__(
+        self, columns: Iterable[str], processing_pipeline: ProcessingPipeline | None = None, **options: Any
+    ) -> None:
+        super().__init__(processing_pipeline, **options)
         self.keyword_columns = list(columns)
 
     def convert_condition_val_str(self, cond: ConditionValueExpression, state: ConversionState) -> Any:
@@ -127,15 +130,15 @@ class Table:
                     value.field = self._alias(value.field)
         return copied
 
-    def queries(self, rule: SigmaRule) -> list[str]:
+    def queries(self, rule: SigmaRule, pipeline: ProcessingPipeline | None = None) -> list[str]:
         """The backend's SQL for the rule over this table (raises what the backend raises)."""
-        backend = KeywordBackend(self.columns.values(), table=self.name)
+        backend = KeywordBackend(self.columns.values(), processing_pipeline=pipeline, table=self.name)
         return [str(q) for q in backend.convert(SigmaCollection([self.aliased(rule)]))]
 
-    def hits(self, rule: SigmaRule) -> set[int]:
+    def hits(self, rule: SigmaRule, pipeline: ProcessingPipeline | None = None) -> set[int]:
         """Keys of the rows any of the rule's queries select."""
         keys: set[int] = set()
-        for query in self.queries(rule):
+        for query in self.queries(rule, pipeline):
             sql = re.sub(r"^SELECT \* FROM", "SELECT DISTINCT _key FROM", query)
             keys.update(row[0] for row in self.db.execute(sql))
         return keys

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -274,14 +275,26 @@ def bool_matcher(value: SigmaBool) -> ValueMatcher:
     return lambda v: v is expected if isinstance(v, bool) else isinstance(v, str) and v.lower() == text
 
 
+_TIMESTAMP_TEXT = re.compile(
+    r"\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:[Zz]|[+-]\d{2}:?\d{2})?)?"
+)
+"""The timestamp text logs write: RFC 3339 (``T`` or ``t``, ``Z`` or ``z``) and its SQL-style space form.
+
+Python's ``fromisoformat`` alone reads far more (any character between date and time, ``20261125T1030``,
+week dates ``2026-W48-3``), so text that is no timestamp, like ``2026-11-25x10:30``, would yield a date."""
+
+
 def as_datetime(value: Any) -> datetime | None:
-    """A log's timestamp as written (ISO 8601 text, or epoch seconds/milliseconds taken as UTC).
+    """A log's timestamp as written (RFC 3339-style text, or epoch seconds/milliseconds taken as UTC).
 
     The specification says time modifiers do no timezone conversion, so text keeps its own wall-clock time.
     """
     if isinstance(value, str):
+        text = value.strip()
+        if not _TIMESTAMP_TEXT.fullmatch(text):
+            return None
         try:
-            return datetime.fromisoformat(value.strip())
+            return datetime.fromisoformat(text[:-1] + "Z" if text.endswith("z") else text)
         except ValueError:
             return None
     number = as_number(value)

@@ -86,6 +86,10 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = [
     ("day", {"T|day": 2}, {"T": "2025-01-02T03:07:09+05:00"}, {"T": "2025-01-03T02:00:00+05:00"}),
     ("week-iso", {"T|week": 1}, {"T": "2024-12-30T00:00:00Z"}, {"T": "2024-12-29T00:00:00Z"}),
     ("month", {"T|month": 1}, {"T": 1735787229}, {"T": "not a date"}),
+    # Timestamp text as logs write it (RFC 3339, lower-case t/z included, or a space), nothing looser.
+    ("hour-rfc3339-lower-case", {"T|hour": 10}, {"T": "2026-11-25t10:30:00z"}, {"T": "2026-11-25x10:30:00"}),
+    ("hour-basic-format-refused", {"T|hour": 10}, {"T": "2026-11-25 10:30"}, {"T": "20261125T103000"}),
+    ("day-week-date-refused", {"T|day": 25}, {"T": "2026-11-25"}, {"T": "2026-W48-3"}),
     ("year", {"T|year": 2025}, {"T": 1735787229000}, {"T": "2024-12-31T23:59:59Z"}),
     ("cased", {"F|cased": "Evil"}, {"F": "Evil"}, {"F": "evil"}),
     ("cased-contains", {"F|cased|contains": "Evil"}, {"F": "xEvilx"}, {"F": "xEVILx"}),
