@@ -16,8 +16,11 @@ from typing import Any
 
 import orjson
 import pytest
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
+from control_plane.cli import main
+from control_plane.cli import rules as rules_cli
 from control_plane.core import clock
 from control_plane.core.audit.trail import AuditFilter
 from control_plane.core.auth.machine_keys import MachineKeyStore
@@ -377,3 +380,43 @@ def test_rules_test_over_given_rules_and_a_stored_time_range(app: tuple[TestClie
     assert [m["event_id"] for m in with_rules.json()["matches"]] == ["e-4:ResponseComplete"]
     empty = {"from": "2000-01-01T00:00:00Z", "to": "2000-01-02T00:00:00Z"}
     assert client.post("/api/v1/rules/test", json=empty, headers=officer).json()["events"] == 0
+
+
+def test_cli_rules_test_with_url_asks_the_server(
+    app: tuple[TestClient, Services], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``refsys rules test --url``: the same lines as in-process, computed by ``POST /api/v1/rules/test`` (the
+    HTTP transport is the test client's, the request and answer are the CLI's own)."""
+    client, services = app
+    token = bearer(services, Role.SECURITY_OFFICER)["Authorization"].removeprefix("Bearer ")
+    monkeypatch.setenv("REFSYS_TOKEN", token)
+
+    def post(url: str, **kwargs: Any) -> Any:
+        assert url == "http://refsys.test/api/v1/rules/test"
+        kwargs.pop("timeout")
+        return client.post("/api/v1/rules/test", **kwargs)
+
+    monkeypatch.setattr(rules_cli.httpx, "post", post)
+    (tmp_path / "exec.yml").write_text(EXEC_RULE)
+    (tmp_path / "events.ndjson").write_text("\n".join(LINES) + "\n")
+    args = [
+        "rules",
+        "test",
+        "--rules",
+        str(tmp_path / "exec.yml"),
+        "--events",
+        str(tmp_path / "events.ndjson"),
+    ]
+    remote = CliRunner().invoke(main, [*args, "--source", "k8s_audit", "--url", "http://refsys.test"])
+    assert remote.exit_code == 0, remote.output
+    lines = [orjson.loads(line) for line in remote.stdout.splitlines()]
+    assert [(m["rule_id"], m["event_index"], m["event_id"]) for m in lines] == [
+        (EXEC_ID, 0, "e-1:ResponseComplete"),
+        (EXEC_ID, 2, "e-3:ResponseComplete"),
+    ]
+    (tmp_path / "bad.yml").write_text(UNMAPPED_RULE)
+    refused = CliRunner().invoke(
+        main,
+        ["rules", "test", "--rules", str(tmp_path / "bad.yml"), *args[4:], "--url", "http://refsys.test"],
+    )
+    assert refused.exit_code == 1 and "NoSuchField" in refused.stderr
