@@ -14,6 +14,7 @@ between leaves them for the next flush, so a change may be audited twice but nev
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,10 +30,11 @@ from control_plane.core.audit.trail import Actor, AuditTrail
 from control_plane.core.config import AlertSettings
 from security.alerts import grouping, tables
 from security.alerts.incidents import OPEN_STATUSES, Status
-from security.alerts.model import Alert, level_rank
+from security.alerts.model import LEVELS, Alert, level_rank
 
 SINK_ACTOR = Actor(subject="refsys:incidents")
 """Who the audit trail names for the incident changes the sink makes."""
+log = logging.getLogger(__name__)
 SINK_LOCK_KEY = 0x5EF5A1E7
 """PostgreSQL advisory lock that serialises the sinks of every process."""
 INCIDENT_CANDIDATES = 50
@@ -48,6 +50,8 @@ class HandleSummary:
     replayed: int = 0
     incidents_opened: int = 0
     attached: int = 0
+    rejected: int = 0
+    """Alerts the sink cannot store (see ``unstorable``); logged and skipped, so they never block the others."""
 
 
 class AlertSink:
@@ -78,7 +82,12 @@ class AlertSink:
             with self.engine.begin() as connection:
                 _serialise(connection)
                 for alert in alerts:
-                    self._one(connection, alert, summary)
+                    reason = unstorable(alert)
+                    if reason is None:
+                        self._one(connection, alert, summary)
+                    else:
+                        log.error("alert %.128r skipped: %s", alert.id, reason)
+                        summary.rejected += 1
             self.flush_audit()
         self._raised.inc(summary.raised)
         self._deduplicated.inc(summary.deduplicated)
@@ -119,7 +128,7 @@ class AlertSink:
         connection.execute(
             tables.alerts.insert().values(
                 id=alert.id, kind=alert.kind, rule_id=alert.rule.id, rule=alert.to_record()["rule"],
-                level=alert.level, group_key=key, group=alert.group, entities=alert.entities,
+                level=level_of(alert), group_key=key, group=alert.group, entities=alert.entities,
                 events=alert.to_record()["events"], metric=alert.metric, first=first, last=last,
                 window_end=first + window, count=1, detected_at=clock.parse_rfc3339(alert.detected_at),
                 stored_at=now,
@@ -166,7 +175,7 @@ class AlertSink:
         incident_id = ids.new_id()
         values = {
             "id": incident_id, "title": alert.rule.title[:512], "status": Status.NEW.value,
-            "severity": alert.level, "assignee": None, "resolution": None,
+            "severity": level_of(alert), "assignee": None, "resolution": None,
             "techniques": sorted(set(alert.rule.techniques)), "entities": grouping.merged_entities(alert.entities, {}),
             "first": first, "last": last, "alert_count": 1, "created_at": now, "updated_at": now,
         }  # fmt: skip
@@ -174,7 +183,7 @@ class AlertSink:
         _link(connection, alert.id, incident_id, now)
         summary.incidents_opened += 1
         details = {
-            "alert_id": alert.id, "rule_id": alert.rule.id, "severity": alert.level,
+            "alert_id": alert.id, "rule_id": alert.rule.id, "severity": level_of(alert),
             "techniques": values["techniques"], "entities": values["entities"],
         }  # fmt: skip
         _outbox(connection, "incident.create", incident_id, details)
@@ -189,7 +198,7 @@ class AlertSink:
         now: datetime,
         summary: HandleSummary,
     ) -> None:
-        severity = max(incident["severity"], alert.level, key=level_rank)
+        severity = max(incident["severity"], level_of(alert), key=level_rank)
         techniques = sorted(set(incident["techniques"]) | set(alert.rule.techniques))
         connection.execute(
             tables.incidents.update()
@@ -206,10 +215,31 @@ class AlertSink:
         )
         _link(connection, alert.id, incident["id"], now)
         summary.attached += 1
-        details: dict[str, Any] = {"alert_id": alert.id, "rule_id": alert.rule.id, "level": alert.level}
+        details: dict[str, Any] = {"alert_id": alert.id, "rule_id": alert.rule.id, "level": level_of(alert)}
         if severity != incident["severity"]:
             details["severity"] = {"from": incident["severity"], "to": severity}
         _outbox(connection, "incident.alert-attached", incident["id"], details)
+
+
+def level_of(alert: Alert) -> str:
+    """The alert's Sigma level, informational when its rule has none or an unknown one (as ``level_rank``)."""
+    return LEVELS[level_rank(alert.level)]
+
+
+def unstorable(alert: Alert) -> str | None:
+    """Why ``alert`` cannot be stored (an id or rule id too long, a time that is not RFC 3339), or None. A malformed alert is a bug upstream; retrying it would only stall every alert behind it."""
+    if not 0 < len(alert.id) <= tables.ALERT_ID_LENGTH:
+        return f"its id must be 1-{tables.ALERT_ID_LENGTH} characters"
+    if not 0 < len(alert.rule.id) <= tables.RULE_ID_LENGTH:
+        return f"its rule id must be 1-{tables.RULE_ID_LENGTH} characters"
+    if alert.kind not in ("rule", "correlation"):
+        return f"kind {alert.kind!r} is neither rule nor correlation"
+    for name in ("first", "last", "detected_at"):
+        try:
+            clock.parse_rfc3339(getattr(alert, name))
+        except (TypeError, ValueError):
+            return f"{name} is not an RFC 3339 time"
+    return None
 
 
 def _serialise(connection: sa.Connection) -> None:

@@ -18,6 +18,7 @@ from control_plane.core.db import Base, UtcDateTime
 
 ALERT_ID_LENGTH = 128
 """Alert ids are minted by the detection stages (deterministic, not UUIDv7); room for any of their forms."""
+RULE_ID_LENGTH = 256
 
 
 class AlertRow(Base):
@@ -29,7 +30,7 @@ class AlertRow(Base):
     id: Mapped[str] = mapped_column(sa.String(ALERT_ID_LENGTH), primary_key=True)
     kind: Mapped[str] = mapped_column(sa.String(16))
     """rule or correlation."""
-    rule_id: Mapped[str] = mapped_column(sa.String(256))
+    rule_id: Mapped[str] = mapped_column(sa.String(RULE_ID_LENGTH))
     rule: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
     """The AlertRule as the alert carried it (title, level, tags, description, suppression)."""
     level: Mapped[str] = mapped_column(sa.String(16), index=True)

@@ -224,7 +224,7 @@ def test_severity_follows_the_highest_alert_and_techniques_accumulate(
         tags=("attack.t1110.001", "attack.t1078"), group={"source.ip": ATTACKER},
     )  # fmt: skip
     sink.handle([correlation])
-    sink.handle([alert("f-4", "10:06", rule="r-info", level="informational", tags=())])
+    sink.handle([alert("f-4", "10:06", rule="r-info", level="urgent", tags=())])  # unknown: informational
     [incident] = get(client, services, "/api/v1/incidents")["items"]
     assert incident["severity"] == "critical"
     assert incident["techniques"] == ["T1046", "T1078", "T1110", "T1110.001"]
@@ -236,6 +236,7 @@ def test_severity_follows_the_highest_alert_and_techniques_accumulate(
     levels = get(client, services, "/api/v1/alerts", min_level="medium")["items"]
     assert [item["id"] for item in levels] == ["f-3", "f-2"]
     assert get(client, services, "/api/v1/alerts/f-3")["kind"] == "correlation"
+    assert get(client, services, "/api/v1/alerts/f-4")["level"] == "informational"
 
 
 def test_officers_work_incidents_through_the_api_and_every_change_is_audited(
@@ -349,6 +350,8 @@ def test_only_security_officers_and_admins_see_alerts_and_work_incidents(
 def test_alerts_published_on_the_bus_become_alerts_and_incidents(app: tuple[TestClient, Services]) -> None:
     client, services = app
     services.bus.publish(topics.ALERTS, None, [{"not": "an alert"}])  # skipped, never blocks the rest
+    timeless = alert("k-0", "10:00").to_record() | {"first": "yesterday"}
+    services.bus.publish(topics.ALERTS, None, [timeless])  # cannot be stored: skipped too
     published = [alert("k-1", "10:00"), alert("k-2", "10:01"), alert("k-3", "10:02", rule="r-other")]
     services.bus.publish(topics.ALERTS, "r-login-failure", [item.to_record() for item in published])
     services.bus.publish(topics.ALERTS, "r-login-failure", [published[0].to_record()])  # redelivered
