@@ -17,7 +17,7 @@ import orjson
 from sigma.correlations import SigmaCorrelationTimespan
 from sigma.exceptions import SigmaError
 
-from security.alerts.model import Alert
+from security.alerts.model import ENTITY_FIELDS, Alert
 
 GROUPING_ENTITIES: tuple[str, ...] = ("host", "user", "source_ip")
 """The entities an incident groups its alerts on."""
@@ -75,10 +75,14 @@ def merged_entities(entities: Mapping[str, Any], other: Mapping[str, Any]) -> di
 
 
 def _values_of(alert: Alert, name: str) -> list[str]:
-    """Distinct values of field ``name`` in the alert's group and its events' fields, sorted."""
+    """Distinct values of field ``name`` in the alert's group, its events' fields and, for a field that names an
+    entity (``source.ip``), the alert's entity values (the events carry only the fields the rule read), sorted."""
     found: set[str] = set()
     if name in alert.group:
         found.add(str(alert.group[name]))
+    for entity, names in ENTITY_FIELDS.items():
+        if name in names:
+            found.update(alert.entities.get(entity) or ())
     for event in alert.events:
         value = event.fields.get(name)
         for item in value if isinstance(value, list) else [value]:

@@ -53,6 +53,11 @@ def alert(
             ),
             {"user.name": ["bob", "carol"]},
         ),
+        # A field that names an entity also takes the entity's values: events carry only the fields rules read.
+        (
+            alert(suppression={"fields": ["source.ip"]}, entities={"source_ip": ["192.0.2.1"]}),
+            {"source.ip": ["192.0.2.1"]},
+        ),
         # A single field may be named without a list.
         (alert(suppression={"fields": "host.name"}, fields=({"host.name": "h1"},)), {"host.name": ["h1"]}),
     ],
