@@ -99,6 +99,15 @@ def _key(rule: SigmaRuleBase) -> str:
     return str(rule.id) if rule.id else (rule.name or rule.title)
 
 
+def _group_values(corr: _Correlation, slot: int, fields: Mapping[str, Any]) -> tuple[str, list[Any]] | None:
+    """A match's group key (JSON of the normalised group-by values, through the slot's aliases) and the raw
+    values; None when the event lacks one of them."""
+    raw = [fields.get(corr.aliases[slot].get(g, g)) for g in corr.group_by]
+    if any(v is None for v in raw):
+        return None
+    return json.dumps([normalise_value(v) for v in raw], default=str), raw
+
+
 def _build(rule: SigmaCorrelationRule) -> _Correlation:
     key = _key(rule)
     condition = rule.condition
@@ -270,10 +279,8 @@ class CorrelationEngine:
         corr = self._corrs[key]
         for sub_key, slot in self._subscribers.get(rule_ref, []):
             if sub_key == key:
-                raw = [fields.get(corr.aliases[slot].get(g, g)) for g in corr.group_by]
-                if any(v is None for v in raw):
-                    return None
-                return json.dumps([normalise_value(v) for v in raw], default=str)
+                found = _group_values(corr, slot, fields)
+                return None if found is None else found[0]
         return None
 
     def _dispatch(
@@ -309,11 +316,11 @@ class CorrelationEngine:
         ref: Any = None,
     ) -> list[CorrelationAlert]:
         aliases = corr.aliases[slot]
-        raw = [fields.get(aliases.get(g, g)) for g in corr.group_by]
-        if any(v is None for v in raw):
+        found = _group_values(corr, slot, fields)
+        if found is None:
             self.counters["missing_group_key"] += 1
             return []
-        gkey = json.dumps([normalise_value(v) for v in raw], default=str)
+        gkey, raw = found
         groups = self._groups[corr.key]
         state = groups.get(gkey)
         if state is None:
