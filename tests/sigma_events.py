@@ -501,12 +501,18 @@ def near_misses(
     seen: set[str] = set()
     for constraint in conjunction:
         name = constraint.field or KEYWORD_FIELD
+        value = _choose(constraint.value, pick)
+        if constraint.wanted and isinstance(value, SigmaNull) and name not in event:
+            yield f"{name}: explicit null", {**event, name: None}  # still null: should match
+            yield f"{name}: empty string", {**event, name: ""}
+            continue
         if not constraint.wanted or name in seen or name not in event:
             continue
         seen.add(name)
-        value = _choose(constraint.value, pick)
         current = event[name]
         yield f"{name}: missing", {k: v for k, v in event.items() if k != name}
+        if isinstance(value, SigmaExists):
+            yield f"{name}: null value", {**event, name: None}
         if isinstance(value, SigmaString) and isinstance(current, str):
             literal = max((p for p in value.s if isinstance(p, str)), key=len, default="")
             changed = _changed_character(current, literal)
@@ -592,6 +598,18 @@ def generate(
             if event is None:
                 continue
             out.append(Generated(rule_id, "positive", event))
+            widest = max(
+                (
+                    len(c.value.values)
+                    for c in conjunction
+                    if c.wanted and isinstance(c.value, SigmaExpansion)
+                ),
+                default=1,
+            )
+            for other in range(pick + 1, pick + widest):  # every alternative of a windash/base64offset value
+                alternative = build_event(conjunction, base, skips, other)
+                if alternative is not None and alternative != event:
+                    out.append(Generated(rule_id, "positive (another expansion)", alternative))
             if pick == 0:
                 out.append(Generated(rule_id, "positive (case swapped)", swapped_case(event, protected)))
                 multi_line = {
