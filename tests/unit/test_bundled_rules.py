@@ -18,18 +18,25 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 from sigma.rule import SigmaRule
 
 from control_plane.core import clock
+from control_plane.core.audit.trail import AuditFilter
+from control_plane.core.auth.roles import Role
+from control_plane.core.bus import Bus
 from control_plane.core.config import Settings
 from security.alerts.model import Alert
 from security.demo.traffic import DemoTraffic
 from security.detection.evaluation import evaluate
 from security.detection.ruleset import RuleSet, load
+from security.intake.access_shipper import AccessLogShipper
 from security.intake.framing import FramedLine, frame
 from security.intake.health import SilenceChange
 from security.intake.identity import derived_event_id
@@ -39,6 +46,7 @@ from security.sources.base import Parsed
 from security.sources.control_plane import access_entry_to_ecs, audit_record_to_ecs
 from security.sources.registry import adapter_for
 from security.telemetry import silence_event
+from tests.apps import bearer, make_settings, running_app
 from tests.shared_data import shared_file
 
 TECHNIQUE = re.compile(r"t\d{4}(?:\.\d{3})?")
@@ -613,3 +621,52 @@ def test_demo_attacks_raise_the_bundled_alerts(ruleset: RuleSet) -> None:
 def test_demo_background_raises_no_bundled_alert(ruleset: RuleSet) -> None:
     alerts = evaluate(ruleset, demo_docs(attack_every_s=10_000))
     assert [(a.rule.title, a.events[0].fields if a.events else a.group) for a in alerts] == []
+
+
+# --- through the running control plane -------------------------------------------------------------------------
+
+
+class _Recorder:
+    """Stands in for the bus the access-log shipper publishes to: keeps the documents."""
+
+    def __init__(self) -> None:
+        self.docs: list[Doc] = []
+
+    def publish(self, topic: str, key: str | None, records: Iterable[Doc]) -> None:
+        self.docs += records
+
+
+def test_the_running_control_plane_raises_the_refusal_and_token_alerts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ruleset: RuleSet
+) -> None:
+    """Refused requests and token reuse as the app records them: its audit trail (refusals pass the per-address
+    limiter) and its access log (the token id of every authenticated request), read as the shippers read them."""
+    now = [clock.utcnow().replace(microsecond=0)]
+    monkeypatch.setattr(clock, "utcnow", lambda: now[0])
+    recorder = _Recorder()
+    shipper = AccessLogShipper(cast(Bus, recorder), CollectorRegistry())
+    with running_app(make_settings(tmp_path)) as (client, services):
+        services.refusals._now = lambda: now[0].timestamp()  # the limiter's windows follow the same clock
+        token = bearer(services, Role.ADMIN, subject="alice")
+        shipper.attach()
+        try:
+            for address in ("10.8.0.12", "198.51.100.23", "203.0.113.40"):
+                now[0] += timedelta(seconds=60)
+                caller = TestClient(client.app, client=(address, 40_000))
+                assert caller.get("/api/v1/pipelines", headers=token).status_code == 200
+            attacker = TestClient(client.app, client=(ATTACKER, 40_001))
+            for _ in range(20):  # four a minute: each one audited on its own
+                now[0] += timedelta(seconds=15)
+                refused = attacker.get("/api/v1/pipelines", headers={"Authorization": "Bearer not-a-token"})
+                assert refused.status_code == 401
+        finally:
+            shipper.detach()
+        shipper.ship()
+        records = services.audit.list(AuditFilter(action="request.refused"), limit=1000, newest_first=False)
+    docs = [audit_record_to_ecs(record) for record in records] + recorder.docs
+    assert len(records) == 20
+    alerts = evaluate(ruleset, sorted(docs, key=lambda doc: doc["@timestamp"]))
+    burst = alerts_of(alerts, "d08ab365-75cb-4025-a9e4-b1d743281c7a")
+    assert [a.group for a in burst] == [{"source.ip": ATTACKER}]
+    reuse = alerts_of(alerts, "bff66580-27c1-4afc-9857-1f3605780bcd")
+    assert len(reuse) == 1 and reuse[0].metric == 3 and set(reuse[0].group) == {"jti"}
