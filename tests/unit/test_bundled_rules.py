@@ -23,7 +23,9 @@ from typing import Any, cast
 
 import orjson
 import pytest
+import yaml
 from fastapi.testclient import TestClient
+from jsonschema import Draft202012Validator
 from prometheus_client import CollectorRegistry
 from sigma.rule import SigmaRule
 
@@ -35,7 +37,7 @@ from control_plane.core.config import Settings
 from security.alerts.model import Alert
 from security.demo.traffic import DemoTraffic
 from security.detection.evaluation import evaluate
-from security.detection.ruleset import RuleSet, load
+from security.detection.ruleset import BUNDLED_DIR, RuleSet, load
 from security.intake.access_shipper import AccessLogShipper
 from security.intake.framing import FramedLine, frame
 from security.intake.health import SilenceChange
@@ -510,6 +512,25 @@ def test_every_bundled_rule_loads_routed_fully_mapped_and_tagged(ruleset: RuleSe
         routing = classify(rule)
         assert routing.rule_class is RuleClass.MAPPED, f"{rule.title}: {routing.reason}"
     assert len(ruleset.rules) == len(plain)
+
+
+def test_every_bundled_document_follows_the_sigma_specification_schemas() -> None:
+    schemas = "sigma-specification/json-schema"
+    rule_schema = orjson.loads(shared_file(f"{schemas}/sigma-detection-rule-schema.json").read_bytes())
+    correlation_schema = orjson.loads(
+        shared_file(f"{schemas}/sigma-correlation-rules-schema.json").read_bytes()
+    )
+    documents = [
+        (path.name, document)
+        for path in sorted(BUNDLED_DIR.glob("*.yml"))
+        for document in yaml.safe_load_all(path.read_text())
+    ]
+    assert documents
+    for name, document in documents:
+        schema = correlation_schema if "correlation" in document else rule_schema
+        # YAML reads the dates as dates; the schemas read the JSON text of a rule.
+        errors = Draft202012Validator(schema).iter_errors(orjson.loads(orjson.dumps(document)))
+        assert [error.message for error in errors] == [], f"{name}: {document['title']}"
 
 
 def test_every_rule_the_cases_name_is_bundled_and_every_reporting_rule_has_a_case(ruleset: RuleSet) -> None:
