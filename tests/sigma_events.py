@@ -524,8 +524,11 @@ def near_misses(
             yield f"{name}: wrong prefix", {**event, name: "x" + current}
             if current.isdigit() and len(current) < 10:
                 yield f"{name}: as a number", {**event, name: int(current)}
-        elif isinstance(value, SigmaCIDRExpression):
+        elif isinstance(value, SigmaCIDRExpression) and isinstance(current, str):
             yield f"{name}: outside the network", {**event, name: _outside(value.network)}
+            yield f"{name}: not an address", {**event, name: current + ".example"}
+            if value.network.version == 6:
+                yield f"{name}: exploded IPv6 form", {**event, name: ipaddress.ip_address(current).exploded}
         elif isinstance(value, SigmaTimestampPart) and isinstance(current, str):
             moment = datetime.fromisoformat(current).replace(tzinfo=UTC)
             yield f"{name}: with a zone offset", {**event, name: current + "+05:00"}
@@ -533,8 +536,10 @@ def near_misses(
         elif isinstance(value, SigmaNumber | SigmaCompareExpression) and isinstance(current, int | float):
             yield f"{name}: off by one", {**event, name: current + 1}
             yield f"{name}: as text", {**event, name: str(current)}
+            yield f"{name}: not a number", {**event, name: "n/a"}
         elif isinstance(value, SigmaBool) and isinstance(current, bool):
             yield f"{name}: flipped", {**event, name: not current}
+            yield f"{name}: as a number", {**event, name: int(current)}
         elif isinstance(value, SigmaRegularExpression) and isinstance(current, str) and current:
             yield (
                 f"{name}: changed character",

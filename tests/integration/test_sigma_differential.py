@@ -37,8 +37,17 @@ from sigma.exceptions import SigmaError
 from sigma.processing.pipeline import ProcessingItem, ProcessingPipeline
 from sigma.processing.transformations import ValueListPlaceholderTransformation
 from sigma.rule import SigmaRule
-from sigma.types import SigmaCompareExpression, SigmaExists, SigmaNumber, SigmaString, SigmaTimestampPart
+from sigma.types import (
+    SigmaBool,
+    SigmaCIDRExpression,
+    SigmaCompareExpression,
+    SigmaExists,
+    SigmaNumber,
+    SigmaString,
+    SigmaTimestampPart,
+)
 
+from security import ecs
 from security.detection.matcher import Matcher
 from security.ecs import flatten
 from security.sigma import SigmaCompileError, compile_rule
@@ -90,15 +99,19 @@ class Difference:
     applies: Callable[[SigmaRule, list[Mapping[str, Any]]], bool]
 
 
-def _numeric_text(rule: SigmaRule, rows: list[Mapping[str, Any]]) -> bool:
-    """A field the rule compares with a number holds numeric text, or one it compares with a string a number."""
+def _value_types(rule: SigmaRule, rows: list[Mapping[str, Any]]) -> bool:
+    """A field holds a value of another type than the rule compares it with (see ``VALUE_TYPES``)."""
 
     def mixed(value: Any, wanted: Any) -> bool:
-        if isinstance(wanted, SigmaNumber | SigmaCompareExpression):
+        if isinstance(value, bool) or value is None:
+            return False
+        if isinstance(wanted, SigmaCompareExpression):
+            return isinstance(value, str)
+        if isinstance(wanted, SigmaNumber):
             return isinstance(value, str) and as_number(value) is not None
-        return (
-            isinstance(wanted, SigmaString) and isinstance(value, int | float) and not isinstance(value, bool)
-        )
+        if isinstance(wanted, SigmaBool):
+            return isinstance(value, int | float)
+        return isinstance(wanted, SigmaString) and isinstance(value, int | float)
 
     return any(
         mixed(row.get(item.field), wanted)
@@ -109,12 +122,33 @@ def _numeric_text(rule: SigmaRule, rows: list[Mapping[str, Any]]) -> bool:
     )
 
 
-NUMERIC_TEXT = Difference(
-    "numbers and numeric text: refsys compares a Sigma number with a value the log wrote as text ('401') as "
-    "numbers (auditd writes every value as text, so its rules on uid/a0/syscall numbers could not fire "
-    "otherwise), and a Sigma string with a number as the number's text; SQLite keeps each value's own type in a "
-    "column without affinity, where an INTEGER never equals TEXT (and TEXT sorts above every INTEGER for gt/lt)",
-    _numeric_text,
+VALUE_TYPES = Difference(
+    "value types: refsys compares a Sigma number with a value the log wrote as text ('401') as numbers (auditd "
+    "writes every value as text, so its rules on uid/a0/syscall numbers could not fire otherwise), a Sigma "
+    "string with a number as the number's text, gt/gte/lt/lte only with numbers, and a boolean only with "
+    "true/false; SQLite keeps each value's own type in a column without affinity, where an INTEGER never equals "
+    "TEXT and any TEXT sorts above every INTEGER ('n/a' > 1024), and the backend takes 1/0 for a boolean",
+    _value_types,
+)
+
+
+def _cidr_text(rule: SigmaRule, rows: list[Mapping[str, Any]]) -> bool:
+    """A field the rule tests with ``cidr`` holds text that is not an address in its canonical form."""
+    tested = {
+        item.field
+        for item in detection_items(rule)
+        if item.field is not None and any(isinstance(v, SigmaCIDRExpression) for v in item.value)
+    }
+    return any(
+        isinstance(row.get(f), str) and ecs.ip(row.get(f)) != row.get(f) for row in rows for f in tested
+    )
+
+
+CIDR_TEXT = Difference(
+    "cidr: the backend expands a network into text prefixes ('10.*', '2001:db8:*'), so it also takes text "
+    "that merely starts like an address in the network ('10.0.0.1.example') and misses other spellings of one "
+    "('2001:0db8:0000:...'); refsys parses the address (refsys's adapters write canonical addresses)",
+    _cidr_text,
 )
 
 
@@ -165,20 +199,22 @@ def _synthetic_id(title: str) -> str:
 
 
 EXPLAINED: dict[str, Difference] = {
-    "0d933542-1f1f-420d-97d4-21b2c3c492d9": NUMERIC_TEXT,  # Kubernetes Unauthorized or Unauthenticated Access
-    "1543ae20-cbdf-4ec1-8d12-7664d667a825": NUMERIC_TEXT,  # Suspicious Commands Linux
-    "c0d3734d-330f-4a03-aae2-65dacc6a8222": NUMERIC_TEXT,  # Webshell Remote Command Execution
-    "e497a24e-9345-4a62-9803-b06d7d7cb132": NUMERIC_TEXT,  # ASLR Disabled Via Sysctl or Direct Syscall - Linux
-    "eca5e022-d368-4043-98e5-9736fb01f72f": NUMERIC_TEXT,  # Clear or Disable Kernel Ring Buffer Logs via Syslog
-    "21541900-27a9-4454-9c4c-3f0a4240344a": NUMERIC_TEXT,  # OMIGOD SCX RunAsProvider ExecuteShellCommand
-    "6eea1bf6-f8d2-488a-a742-e6ef6c1b67db": NUMERIC_TEXT,  # OMIGOD SCX RunAsProvider ExecuteScript
-    "d7fb8f0e-bd5f-45c2-b467-19571c490d7e": NUMERIC_TEXT,  # Cleartext Protocol Usage
-    "dbfc7c98-04ab-4ab7-aa94-c74d22aa7376": NUMERIC_TEXT,  # Potentially Suspicious Malware Callback Communication
-    _synthetic_id("number as text, text as number"): NUMERIC_TEXT,
-    _synthetic_id("gt and lte"): NUMERIC_TEXT,
-    _synthetic_id("gte and lt on one field"): NUMERIC_TEXT,
+    "0d933542-1f1f-420d-97d4-21b2c3c492d9": VALUE_TYPES,  # Kubernetes Unauthorized or Unauthenticated Access
+    "1543ae20-cbdf-4ec1-8d12-7664d667a825": VALUE_TYPES,  # Suspicious Commands Linux
+    "c0d3734d-330f-4a03-aae2-65dacc6a8222": VALUE_TYPES,  # Webshell Remote Command Execution
+    "e497a24e-9345-4a62-9803-b06d7d7cb132": VALUE_TYPES,  # ASLR Disabled Via Sysctl or Direct Syscall - Linux
+    "eca5e022-d368-4043-98e5-9736fb01f72f": VALUE_TYPES,  # Clear or Disable Kernel Ring Buffer Logs via Syslog
+    "21541900-27a9-4454-9c4c-3f0a4240344a": VALUE_TYPES,  # OMIGOD SCX RunAsProvider ExecuteShellCommand
+    "6eea1bf6-f8d2-488a-a742-e6ef6c1b67db": VALUE_TYPES,  # OMIGOD SCX RunAsProvider ExecuteScript
+    "d7fb8f0e-bd5f-45c2-b467-19571c490d7e": VALUE_TYPES,  # Cleartext Protocol Usage
+    "dbfc7c98-04ab-4ab7-aa94-c74d22aa7376": VALUE_TYPES,  # Potentially Suspicious Malware Callback Communication
+    _synthetic_id("number as text, text as number"): VALUE_TYPES,
+    _synthetic_id("gt and lte"): VALUE_TYPES,
+    _synthetic_id("gte and lt on one field"): VALUE_TYPES,
     _synthetic_id("timestamp parts"): TIME_TEXT,
     _synthetic_id("exists"): NULL_PRESENT,
+    _synthetic_id("boolean"): VALUE_TYPES,
+    _synthetic_id("cidr, IPv4 and IPv6"): CIDR_TEXT,
 }
 """Rule id -> the documented difference its disagreements come from; any other disagreement fails the test."""
 
