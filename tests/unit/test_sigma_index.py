@@ -1,5 +1,6 @@
-"""The rule index (security/sigma/index.py): its token requirements are necessary conditions, and indexed
-matching equals evaluating every rule, exactly, over SigmaHQ's rules on real and generated events."""
+"""The rule index (security/sigma/index.py): its requirements (clauses of literal atoms) are necessary
+conditions, and indexed matching equals evaluating every rule, exactly, over SigmaHQ's rules on real and
+generated events; the matcher (security/detection/matcher.py) equals it on whole documents."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from sigma.types import SigmaString, SpecialChars
 from security.ecs import flatten
 from security.sigma import SigmaCompileError, compile_rule, compile_yaml
 from security.sigma.compiler import CompiledRule
-from security.sigma.index import RuleIndex, evaluate_all, event_text, rule_requirement
+from security.sigma.index import Atom, Requirement, RuleIndex, evaluate_all, rule_requirement
 from security.sigma.routing import RoutedRule, RuleClass, classify, compile_routed, detection_items
 from security.sources.auditd import AuditdAdapter
 from security.sources.base import Adapter, Line, Parsed
@@ -34,29 +35,52 @@ def _rule(detection: str, condition: str = "selection") -> CompiledRule:
     )
 
 
-def _needs(detection: str, condition: str = "selection") -> frozenset[str] | None:
+def _needs(detection: str, condition: str = "selection") -> Requirement:
     return rule_requirement(_rule(detection, condition).rule)
 
 
-def test_wildcards_require_their_literal_lower_cased() -> None:
-    assert _needs("selection:\n  CommandLine|contains: FOO") == {"foo"}
-    assert _needs("selection:\n  CommandLine: '*Foo*'") == {"foo"}
-    assert _needs("selection:\n  Image|endswith: '\\whoami.exe'") == {"\\whoami.exe"}
-    # A wildcard in the middle: the longest literal run is needed.
-    assert _needs("selection:\n  CommandLine: 'ab*cde?f'") == {"cde"}
+def _all_of(*clauses: set[Atom]) -> Requirement:
+    """A requirement written as its clauses (each a set of alternative atoms)."""
+    return frozenset(frozenset(c) for c in clauses)
 
 
-def test_and_takes_one_child_or_needs_every_branch() -> None:
-    assert _needs("selection:\n  a: foo\n  b|contains: barbaz") == {"barbaz"}
-    assert _needs("selection:\n  a:\n    - foo\n    - bar") == {"foo", "bar"}
-    assert _needs("sel1:\n  a: foo\nsel2:\n  b: bar", "sel1 or sel2") == {"foo", "bar"}
+def test_strings_require_their_literal_lower_cased_in_its_place() -> None:
+    assert _needs("selection:\n  CommandLine|contains: FOO") == _all_of(
+        {Atom("CommandLine", "contains", "foo")}
+    )
+    assert _needs("selection:\n  CommandLine: '*Foo*'") == _all_of({Atom("CommandLine", "contains", "foo")})
+    assert _needs("selection:\n  Image|endswith: '\\whoami.exe'") == _all_of(
+        {Atom("Image", "endswith", "\\whoami.exe")}
+    )
+    assert _needs("selection:\n  User: Root") == _all_of({Atom("User", "equals", "root")})
+    # A wildcard in the middle: every literal run is needed, the outer ones anchored.
+    assert _needs("selection:\n  CommandLine: 'ab*cde?f'") == _all_of(
+        {Atom("CommandLine", "startswith", "ab")},
+        {Atom("CommandLine", "contains", "cde")},
+        {Atom("CommandLine", "endswith", "f")},
+    )
+
+
+def test_and_needs_every_child_or_distributes() -> None:
+    foo, bar = Atom("a", "equals", "foo"), Atom("b", "equals", "bar")
+    assert _needs("selection:\n  a: foo\n  b|contains: barbaz") == _all_of(
+        {foo}, {Atom("b", "contains", "barbaz")}
+    )
+    assert _needs("selection:\n  a:\n    - foo\n    - bar") == _all_of({foo, Atom("a", "equals", "bar")})
+    assert _needs("sel1:\n  a: foo\nsel2:\n  b: bar", "sel1 or sel2") == _all_of({foo, bar})
+    # (foo and bar) or baz: each of foo and bar is needed unless baz holds.
+    baz = Atom("c", "equals", "baz")
+    assert _needs("sel1:\n  a: foo\n  b: bar\nsel2:\n  c: baz", "sel1 or sel2") == _all_of(
+        {foo, baz}, {bar, baz}
+    )
     # One branch without a literal (a regex) makes the whole OR unconstrained.
-    assert _needs("sel1:\n  a: foo\nsel2:\n  b|re: 'ba+r'", "sel1 or sel2") is None
-    assert _needs("sel1:\n  a: foo\nsel2:\n  b|re: 'ba+r'", "sel1 and sel2") == {"foo"}
+    assert _needs("sel1:\n  a: foo\nsel2:\n  b|re: 'ba+r'", "sel1 or sel2") == frozenset()
+    assert _needs("sel1:\n  a: foo\nsel2:\n  b|re: 'ba+r'", "sel1 and sel2") == _all_of({foo})
 
 
-def test_keywords_require_their_literal_anywhere() -> None:
-    assert _needs("keywords:\n  - Evil\n  - 'bad*thing'", "keywords") == {"evil", "thing"}
+def test_keywords_require_their_literal_in_any_value() -> None:
+    evil, bad, thing = (Atom(None, "contains", t) for t in ("evil", "bad", "thing"))
+    assert _needs("keywords:\n  - Evil\n  - 'bad*thing'", "keywords") == _all_of({evil, bad}, {evil, thing})
     rule = _rule("keywords:\n  - Evil", "keywords")
     index = RuleIndex([rule])
     assert index.matches({"message": "an EVIL day"}) == [rule]
@@ -64,15 +88,20 @@ def test_keywords_require_their_literal_anywhere() -> None:
 
 
 def test_not_and_non_strings_require_nothing() -> None:
-    assert _needs("selection:\n  a: foo\nfilter:\n  b: bar", "selection and not filter") == {"foo"}
-    assert _needs("filter:\n  b: bar", "not filter") is None
-    assert _needs("selection:\n  a|cidr: 10.0.0.0/8") is None
-    assert _needs("selection:\n  a|gt: 5") is None
-    assert _needs("selection:\n  a: null") is None
-    assert _needs("selection:\n  a|exists: true") is None
-    # RE2's case folding equates k and s with non-ASCII letters: such regex-path literals are not tokens.
-    assert _needs("selection:\n  a: 'ask?sk'") is None
-    assert _needs("selection:\n  a: 'ask?x'") == {"x"}
+    assert _needs("selection:\n  a: foo\nfilter:\n  b: bar", "selection and not filter") == _all_of(
+        {Atom("a", "equals", "foo")}
+    )
+    for detection in ("a|cidr: 10.0.0.0/8", "a|gt: 5", "a: null", "a|exists: true", "a|contains: 'ΑΣ'"):
+        assert _needs(f"selection:\n  {detection}") == frozenset(), detection
+
+
+def test_case_folds_beyond_lower_are_still_found() -> None:
+    """RE2 equates s with the long s and k with the Kelvin sign: a regex-compiled string still matches them,
+    so the index (which reads the long s as s, and lower-cases the Kelvin sign to k) must not skip it."""
+    rule = _rule("selection:\n  a: 'ask?x'")
+    index = RuleIndex([rule])
+    for value in ("A\u017fk-x", "as\u212a-x", "ASK-X"):
+        assert index.matches({"a": value}) == evaluate_all([rule], {"a": value}) == [rule], value
 
 
 def test_an_event_without_the_token_skips_the_rule_and_the_result_is_unchanged() -> None:
@@ -87,7 +116,14 @@ def test_an_event_without_the_token_skips_the_rule_and_the_result_is_unchanged()
     assert index.matches(quiet) == evaluate_all(rules, quiet) == [rules[2]]
     assert index.matches(loud) == evaluate_all(rules, loud) == [rules[0]]
     assert (index.stats.evaluated, index.stats.skipped) == (3, 3)  # /nc never occurs: never evaluated
-    assert event_text({"a": ["X", 10, None], "b": True}) == "x\x0010\x00true"
+
+
+def test_equality_is_framed_per_field_and_per_item() -> None:
+    rule = _rule("selection:\n  a: foo")
+    index = RuleIndex([rule])
+    assert index.matches({"a": "foobar"}) == index.matches({"b": "foo"}) == []
+    assert index.stats.evaluated == 0
+    assert index.matches({"a": ["x", "FOO", 3]}) == [rule]
 
 
 def _rules() -> Iterator[SigmaRule]:
