@@ -9,8 +9,12 @@ The walk turns the condition into alternative conjunctions of constraints ``(fie
 (``wanted`` is False under an odd number of ``not``), then builds one event per conjunction: strings are
 filled in (wildcards become padding), ``re`` values get a sample string built from the parsed pattern (or
 the constraint is skipped, with the reason counted), ``cidr`` an address inside the network, comparisons a
-number on the right side, ``null``/``exists`` an absent or present field, and unwanted values are avoided by
-writing a neutral value. Nothing here decides whether an event matches: both engines under test do that.
+number on the right side, time parts a timestamp, ``null``/``exists`` an absent or present field, and unwanted
+values are avoided by writing a neutral value. Around each positive come variants: the case swapped, padding
+over two lines, each ``windash``/``base64offset`` alternative; near misses (a changed letter or symbol, the
+field missing, a wrong prefix, a number as text, an address outside the network, a timestamp with a zone...);
+and for each ``not``, the filter hit and a value next to it. Nothing here decides whether an event matches:
+both engines under test do that.
 """
 
 from __future__ import annotations
