@@ -24,6 +24,7 @@ from control_plane.core.config import Settings
 from security.alerts.model import Alert
 from security.hooks.dead_letters import HookDeadLetters
 from security.hooks.delivery import Backoff, Hook, Interrupted, Outcome, deliver, routes
+from security.hooks.duplicates import DuplicateFilter
 from security.hooks.targets import build_hooks
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Notifier:
         self.audit = audit
         self.dead_letters = HookDeadLetters(engine)
         self.backoff = Backoff(initial_s=hooks.backoff_initial_s, max_s=hooks.backoff_max_s)
+        self.duplicates = DuplicateFilter(default_window_s=settings.alerts.suppression_window_s)
         public_url = hooks.public_url or f"http://{settings.server.host}:{settings.server.port}"
         self._client = httpx.Client(
             follow_redirects=False,  # a redirected webhook is a configuration error to see, not to follow
@@ -66,16 +68,25 @@ class Notifier:
             "refsys_hook_dead_lettered", "Notifications stored as dead letters, per hook.", ["hook"],
             registry=registry,
         )  # fmt: skip
+        self._suppressed = Counter(
+            "refsys_hook_duplicates_suppressed",
+            "Alerts not notified because they repeat one already notified (same rule and group key within its "
+            "suppression window).",
+            registry=registry,
+        )
         for name in self.hooks:
             for counter in (self._delivered, self._failed, self._dead_lettered):
                 counter.labels(hook=name)  # export zeros, so a rate() query works before the first alert
 
     def notify(self, alerts: Sequence[Alert]) -> list[Outcome]:
         """Deliver ``alerts`` to the hooks that route them, in parallel; dead-letter what fails. Returns when
-        every notification is decided. Raises ``Interrupted`` when stopped meanwhile."""
+        every notification is decided. Duplicates of alerts already notified are skipped. Raises ``Interrupted``
+        when stopped meanwhile."""
+        fresh = [alert for alert in alerts if not self.duplicates.is_duplicate(alert)]
+        self._suppressed.inc(len(alerts) - len(fresh))
         futures = [
             self._pool.submit(deliver, hook, alert, backoff=self.backoff, stop=self._stop)
-            for alert in alerts
+            for alert in fresh
             for hook in self.hooks.values()
             if routes(hook, alert)
         ]

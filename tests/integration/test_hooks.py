@@ -6,6 +6,7 @@ incident, and reaches the signed webhook and a real Alertmanager."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -196,6 +197,10 @@ def test_webhooks_signed_retried_dead_lettered_and_retried_through_the_api(
     with running_app(settings) as (client, services):
         services.bus.publish(topics.ALERTS, high.id, [high.to_record()])
         services.bus.publish(topics.ALERTS, low.id, [low.to_record()])
+        # The same rule and entities again within the suppression window: folded by the sink, not notified.
+        services.bus.publish(
+            topics.ALERTS, high.id, [dataclasses.replace(high, id="a-high-again").to_record()]
+        )
         officer = bearer(services, Role.SECURITY_OFFICER, subject="sofia")
 
         def dead_letters(**params: Any) -> list[dict[str, Any]]:
@@ -231,6 +236,7 @@ def test_webhooks_signed_retried_dead_lettered_and_retried_through_the_api(
         registry = services.metrics.registry
         assert registry.get_sample_value("refsys_hook_delivered_total", {"hook": "flaky"}) == 1
         assert registry.get_sample_value("refsys_hook_delivered_total", {"hook": "down"}) == 0
+        assert registry.get_sample_value("refsys_hook_duplicates_suppressed_total") == 1
 
         # Routing: the low alert reaches only the tagged webhook (tags match case-insensitively); the high
         # alert has no such tag.

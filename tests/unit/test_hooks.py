@@ -28,6 +28,7 @@ from security.hooks.delivery import (
     retry_after_s,
     routes,
 )
+from security.hooks.duplicates import DuplicateFilter
 
 FIRST = "2026-11-25T10:00:00.250000Z"
 
@@ -245,3 +246,30 @@ def test_notification_body_carries_alert_rule_and_matched_fields() -> None:
 def test_settings_refuse_what_cannot_work(hooks: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Settings(hooks=hooks)
+
+
+def _repeat(alert_id: str, seconds: float, *, ip: str = "10.0.0.9", window: str | None = None) -> Alert:
+    first = clock.rfc3339(clock.parse_rfc3339(FIRST) + timedelta(seconds=seconds))
+    rule = AlertRule(id="r-1", title="Brute force", suppression={"window": window} if window else {})
+    return Alert(
+        id=alert_id, kind="correlation", rule=rule, first=first, last=first, detected_at=first,
+        group={"source.ip": ip},
+    )  # fmt: skip
+
+
+def test_duplicates_are_notified_once_per_suppression_window() -> None:
+    seen = DuplicateFilter(default_window_s=300)
+    assert not seen.is_duplicate(_repeat("d-1", 0))
+    assert seen.is_duplicate(_repeat("d-2", 60))  # same rule and group within 5 min
+    assert seen.is_duplicate(_repeat("d-3", 300))  # the window's edge is inside
+    assert not seen.is_duplicate(_repeat("d-1", 0))  # the series' own alert, replayed: notified again
+    assert not seen.is_duplicate(_repeat("d-4", 60, ip="10.0.0.10"))  # another group
+    assert not seen.is_duplicate(_repeat("d-5", 301))  # past the window: a new series
+    assert seen.is_duplicate(_repeat("d-6", 500))
+    ruled = DuplicateFilter(default_window_s=300)
+    assert not ruled.is_duplicate(_repeat("w-1", 0, window="10m"))
+    assert ruled.is_duplicate(_repeat("w-2", 599, window="10m"))  # the rule's own window wins
+    bounded = DuplicateFilter(default_window_s=300, max_series=2)
+    for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        assert not bounded.is_duplicate(_repeat(f"b-{ip}", 0, ip=ip))
+    assert not bounded.is_duplicate(_repeat("b-again", 1, ip="10.0.0.1"))  # forgotten: notified, never lost
