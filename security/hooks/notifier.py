@@ -23,9 +23,9 @@ from control_plane.core.bus import Bus, Consumer, Record, topics
 from control_plane.core.config import Settings
 from security.alerts.model import Alert
 from security.hooks.dead_letters import HookDeadLetters
-from security.hooks.delivery import Backoff, Hook, Interrupted, Outcome, deliver, routes
+from security.hooks.delivery import AttemptError, Backoff, Hook, Interrupted, Outcome, deliver, routes
 from security.hooks.duplicates import DuplicateFilter
-from security.hooks.targets import build_hooks
+from security.hooks.targets import WebhookHook, build_hooks, read_secret
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,13 @@ class Notifier:
         holding the topic's retention back)."""
         if not self.hooks:
             return
+        for hook in self.hooks.values():
+            if isinstance(hook, WebhookHook):
+                # Said at start-up rather than first at the first alert; its deliveries would be dead-lettered.
+                try:
+                    read_secret(hook.secret_file)
+                except AttemptError as exc:
+                    log.warning("hook %s: %s; its notifications will be dead-lettered", hook.name, exc.reason)
         self._consumer = self.bus.consumer(topics.ALERTS, NOTIFIER_GROUP)
         self._thread = threading.Thread(target=self._run, name="refsys-notifier", daemon=True)
         self._thread.start()

@@ -186,6 +186,7 @@ def test_webhooks_signed_retried_dead_lettered_and_retried_through_the_api(
             _webhook(receiver, secret, "refusing", min_level="high"),
             _webhook(receiver, secret, "slow", min_level="high", timeout_s=0.3, max_attempts=1),
             _webhook(receiver, secret, "tagged", min_level="informational", tags=["ATTACK.T1609"]),
+            _webhook(receiver, tmp_path / "missing.key", "keyless", min_level="high"),
         ],
         "backoff_initial_s": 0.01,
         "backoff_max_s": 0.05,
@@ -210,7 +211,7 @@ def test_webhooks_signed_retried_dead_lettered_and_retried_through_the_api(
 
         # The consumer commits once every notification of the batch is delivered or dead-lettered.
         wait_for(lambda: services.bus.backlog(topics.ALERTS, NOTIFIER_GROUP) == 0, "alerts committed")
-        assert {d["hook"] for d in dead_letters()} == {"down", "refusing", "slow"}
+        assert {d["hook"] for d in dead_letters()} == {"down", "refusing", "slow", "keyless"}
 
         # Signed, verifiable, and a replay (the same request later) is refused.
         (ok,) = receiver.at("/ok")
@@ -251,6 +252,7 @@ def test_webhooks_signed_retried_dead_lettered_and_retried_through_the_api(
         assert by_hook["down"]["reason"].startswith("HTTP 500")
         assert (by_hook["refusing"]["attempts"], by_hook["refusing"]["status_code"]) == (1, 400)
         assert "Timeout" in by_hook["slow"]["reason"]
+        assert "missing.key unreadable" in by_hook["keyless"]["reason"] and not receiver.at("/keyless")
         assert by_hook["down"]["alert"] == high.to_record()
         assert registry.get_sample_value("refsys_hook_dead_lettered_total", {"hook": "down"}) == 1
         assert [d["hook"] for d in dead_letters(hook="down")] == ["down"]
@@ -270,7 +272,7 @@ def test_webhooks_signed_retried_dead_lettered_and_retried_through_the_api(
         assert {r.headers["x-refsys-delivery"] for r in down} == {by_hook["down"]["delivery_id"]}
         assert signature.verify(SECRET, down[-1].headers["x-refsys-timestamp"], down[-1].body,
                                 down[-1].headers["x-refsys-signature"])  # fmt: skip
-        assert {d["hook"] for d in dead_letters(pending=True)} == {"refusing", "slow"}
+        assert {d["hook"] for d in dead_letters(pending=True)} == {"refusing", "slow", "keyless"}
         assert [d["id"] for d in dead_letters(pending=False)] == [down_id]
         unknown = "00000000-0000-7000-8000-000000000000"
         assert client.post(f"/api/v1/hooks/dead-letters/{unknown}/retry", headers=officer).status_code == 404
