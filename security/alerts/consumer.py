@@ -7,10 +7,10 @@ so a crash anywhere between the two redelivers the batch and changes nothing twi
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from control_plane.core.bus import Bus, Record, topics
+from control_plane.core.bus.worker import PollingWorker
 from security.alerts.model import Alert
 from security.alerts.service import AlertSink
 
@@ -20,15 +20,13 @@ INCIDENTS_GROUP = "incidents"
 """The incident manager's consumer group on the alerts topic (the notifier has its own)."""
 POLL_RECORDS = 500
 POLL_TIMEOUT_S = 0.5
-ERROR_BACKOFF_S = 2.0
 
 
-class AlertConsumer:
+class AlertConsumer(PollingWorker):
     def __init__(self, *, bus: Bus, sink: AlertSink) -> None:
+        super().__init__("refsys-incidents", poll_timeout_s=POLL_TIMEOUT_S)
         self.sink = sink
         self._consumer = bus.consumer(topics.ALERTS, INCIDENTS_GROUP)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def run_once(self, timeout_s: float = POLL_TIMEOUT_S) -> int:
         """Handle one polled batch and commit it; returns how many records it held."""
@@ -39,37 +37,12 @@ class AlertConsumer:
         self._consumer.commit(records)
         return len(records)
 
-    def drain(self) -> int:
-        """Handle everything published so far; returns the records handled."""
-        handled = 0
-        while count := self.run_once(timeout_s=0):
-            handled += count
-        return handled
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="refsys-incidents", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the thread, handle what is already published, and leave the group (once)."""
-        if self._stop.is_set():
-            return
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+    def finish(self) -> None:
+        """Handle what is already published, and leave the group."""
         try:
             self.drain()
         finally:
             self._consumer.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            # A database or bus hiccup must not end the consumer: back off, then retry the same batch.
-            except Exception as exc:
-                log.warning("incident manager: %s; retrying in %.0f s", exc, ERROR_BACKOFF_S)
-                self._stop.wait(ERROR_BACKOFF_S)
 
 
 def _alert(record: Record) -> Alert | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -25,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from control_plane.core import clock
 from control_plane.core.bus import Bus, Record, topics
+from control_plane.core.bus.worker import PollingWorker
 from security import ecs
 from security.alerts.model import Alert
 from security.detection.checkpoints import Checkpoints
@@ -37,7 +37,6 @@ MATCH_GROUP = "detect"
 CORRELATE_GROUP = "correlate"
 POLL_RECORDS = 2000
 POLL_TIMEOUT_S = 0.2
-ERROR_BACKOFF_S = 2.0
 SEQ_OFFSET_SLOTS = 4096
 """Ingest order = ingest time (µs) then bus offset: ``seq = µs * SLOTS + offset % SLOTS``, the same on replay."""
 
@@ -98,43 +97,11 @@ class StageMetrics:
         )  # fmt: skip
 
 
-class _Loop:
-    """A worker thread: ``run_once`` until stopped; a bus or database error backs off and retries."""
-
-    name = "refsys-detection"
-
-    def __init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def run_once(self, timeout_s: float = POLL_TIMEOUT_S) -> int:
-        raise NotImplementedError
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception as exc:  # detection must outlive a hiccup; what was not committed is redelivered
-                log.warning("%s: %s; retrying in %.0f s", self.name, exc, ERROR_BACKOFF_S)
-                self._stop.wait(ERROR_BACKOFF_S)
-
-
-class MatchingWorker(_Loop):
+class MatchingWorker(PollingWorker):
     """Stateless: telemetry in, match records out; commits after publishing (at-least-once)."""
 
     def __init__(self, bus: Bus, rules: RuleSource, metrics: StageMetrics, *, member_id: str) -> None:
-        super().__init__()
-        self.name = f"refsys-detect-{member_id}"
+        super().__init__(f"refsys-detect-{member_id}", poll_timeout_s=POLL_TIMEOUT_S)
         self.bus = bus
         self.rules = rules
         self.metrics = metrics
@@ -164,15 +131,12 @@ class MatchingWorker(_Loop):
         self.metrics.matches.inc(sum(len(m) for m in by_key.values()))
         return len(records)
 
-    def stop(self) -> None:
-        super().stop()
+    def finish(self) -> None:
         self._consumer.close()
 
 
-class CorrelationWorker(_Loop):
+class CorrelationWorker(PollingWorker):
     """Stateful: one correlator per owned partition of ``matches``; alerts out; state checkpointed with offsets."""
-
-    name = "refsys-correlate"
 
     def __init__(
         self,
@@ -187,7 +151,7 @@ class CorrelationWorker(_Loop):
         member_id: str = "correlate-0",
         on_alerts: Callable[[list[Alert]], None] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__("refsys-correlate", poll_timeout_s=POLL_TIMEOUT_S)
         self.bus = bus
         self.rules = rules
         self.checkpoints = checkpoints
@@ -294,8 +258,8 @@ class CorrelationWorker(_Loop):
             self._covered.pop(partition, None)
             self._uncommitted = [r for r in self._uncommitted if r.partition != partition]
 
-    def stop(self) -> None:
-        super().stop()
+    def finish(self) -> None:
+        """Save the windows (so a restart resumes from here), then leave the group."""
         try:
             if self._uncommitted:
                 self.checkpoint()

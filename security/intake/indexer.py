@@ -6,27 +6,23 @@ so a crash anywhere between the two redelivers and never loses or doubles an eve
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from control_plane.core.bus import Bus, topics
+from control_plane.core.bus.worker import PollingWorker
 from security.store.base import EventStore
-
-log = logging.getLogger(__name__)
 
 STORE_GROUP = "store"
 """The indexer's consumer group; its backlog on the telemetry topic is the intake's spool."""
 POLL_RECORDS = 5000
 POLL_TIMEOUT_S = 0.5
-ERROR_BACKOFF_S = 2.0
 RATE_SMOOTHING = 0.3
 
 
-class StoreIndexer:
+class StoreIndexer(PollingWorker):
     def __init__(
         self,
         *,
@@ -35,12 +31,11 @@ class StoreIndexer:
         registry: CollectorRegistry,
         on_drain_rate: Callable[[float], None] | None = None,
     ) -> None:
+        super().__init__("refsys-store-indexer", poll_timeout_s=POLL_TIMEOUT_S)
         self.bus = bus
         self.store = store
         self.on_drain_rate = on_drain_rate
         self._consumer = bus.consumer(topics.TELEMETRY, STORE_GROUP)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._rate_per_s: float | None = None
         self.stored_total = 0
         """Events this indexer wrote that the store did not hold yet (re-deliveries are not counted)."""
@@ -73,37 +68,12 @@ class StoreIndexer:
         self._note_rate(len(records) / max(elapsed, 1e-6))
         return len(records)
 
-    def drain(self) -> int:
-        """Store everything published so far (in-process ingestion publishes synchronously, so nothing is in
-        flight); returns the records handled."""
-        handled = 0
-        while count := self.run_once(timeout_s=0):
-            handled += count
-        return handled
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="refsys-store-indexer", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop the thread, store what is already published, and leave the group (once)."""
-        if self._stop.is_set():
-            return
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+    def finish(self) -> None:
+        """Store what is already published, and leave the group."""
         try:
             self.drain()
         finally:
             self._consumer.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception as exc:  # a store or bus hiccup must not end indexing: back off, then retry
-                log.warning("store indexer: %s; retrying in %.0f s", exc, ERROR_BACKOFF_S)
-                self._stop.wait(ERROR_BACKOFF_S)
 
     def _note_rate(self, rate_per_s: float) -> None:
         previous = self._rate_per_s
