@@ -84,7 +84,9 @@ SURICATA_SAMPLES = (
     ("suricata-dcso-fever/cmd/fever/cmds/testdata/alertify_input.json", None),
     ("suricata-oisf/EXTRACTED_eve_examples_from_eve-json-format.rst.jsonl", "event"),
 )
+WAZUH_SUITES = "wazuh-ruleset-tests/ruleset/testing/tests"
 WAZUH_SYSLOG_SUITES = ("syslog", "sshd", "pam", "sudo", "su", "vsftpd", "named", "systemd", "dropbear")
+WAZUH_AUDITD_SUITES = ("auditd", "audit_scp")
 K8S_TRACES = "falco-legacy-tests/test/trace_files/k8s_audit"
 K8S_PANTHER = "panther-analysis/EXTRACTED_k8s_audit_test_events_with_expected_results.jsonl"
 AUDITD_LOGS = tuple(
@@ -424,19 +426,21 @@ def _real_cases() -> Iterator[Case]:
                 yield _real(f"real {Path(path).name}", auditd.dataset, outcome.doc)
 
 
-def _syslog_cases() -> Iterator[Case]:
-    """Real Linux syslog lines (sshd, sudo, su, pam, vsftpd, named...) from Wazuh's logtest suites, through
-    refsys's syslog adapter: the SigmaHQ syslog rules are keyword rules, so these exercise keyword search."""
-    syslog = SyslogAdapter()
-    for suite in WAZUH_SYSLOG_SUITES:
-        text = shared_file(f"wazuh-ruleset-tests/ruleset/testing/tests/{suite}.ini").read_text(
-            encoding="utf-8"
-        )
-        logs = [m[1] for m in re.finditer(r"^log \d+ (?:pass|fail) = (.*)$", text, re.MULTILINE)]
-        lines = [Line(n, log.encode()) for n, log in enumerate(logs, start=1)]
-        for outcome in syslog.parse(lines):
-            if isinstance(outcome, Parsed):
-                yield _real(f"real wazuh {suite}.ini", syslog.dataset, outcome.doc)
+def _wazuh_cases() -> Iterator[Case]:
+    """Real Linux log lines from Wazuh's logtest suites: syslog (sshd, sudo, su, pam, vsftpd, named...) through
+    refsys's syslog adapter, whose SigmaHQ rules are keyword rules, and raw audit records through its auditd one."""
+    adapters: list[tuple[Adapter, tuple[str, ...]]] = [
+        (SyslogAdapter(), WAZUH_SYSLOG_SUITES),
+        (AuditdAdapter(), WAZUH_AUDITD_SUITES),
+    ]
+    for adapter, suites in adapters:
+        for suite in suites:
+            text = shared_file(f"{WAZUH_SUITES}/{suite}.ini").read_text(encoding="utf-8")
+            logs = [m[1] for m in re.finditer(r"^log \d+ (?:pass|fail) = (.*)$", text, re.MULTILINE)]
+            lines = [Line(n, log.encode()) for n, log in enumerate(logs, start=1)]
+            for outcome in adapter.parse(lines):
+                if isinstance(outcome, Parsed):
+                    yield _real(f"real wazuh {suite}.ini", adapter.dataset, outcome.doc)
 
 
 def _route_base(route: Route) -> dict[str, Any]:
@@ -521,7 +525,7 @@ def _setup() -> Setup:
         protected = frozenset(base)
         for generated in generate(mapped, rule_id, base, skips, protected.__contains__):
             routed.cases.extend(_fold_and_split(generated) if route.per_record else [_case(generated)])
-    routed.cases[:0] = [*_real_cases(), *_syslog_cases()]
+    routed.cases[:0] = [*_real_cases(), *_wazuh_cases()]
     synthetic = Population()
     for rule in _synthetic_rules():
         rule_id = str(rule.id)
