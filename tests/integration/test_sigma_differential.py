@@ -2,7 +2,8 @@
 
 Every compilable SigmaHQ rule under ``rules/{linux,application/kubernetes,network}`` meets positive, near-miss and
 filter-hit events generated from its own detection (``tests/sigma_events.py``) and the shared real events
-(Suricata EVE, Kubernetes audit, auditd) normalised by refsys's own adapters, as detection sees them.
+(Suricata EVE, Kubernetes audit, auditd, and Linux syslog lines from Wazuh's suites) normalised by refsys's own
+adapters, as detection sees them.
 
 * Rules routable and fully mapped run as the detection engine runs them: ``compile_routed`` rules in the
   engine's ``Matcher`` on the documents (dataset groups, the token index, auditd record by record), checked
