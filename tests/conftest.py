@@ -1,4 +1,5 @@
-"""Shared fixtures: a fresh state database on SQLite and on PostgreSQL, so one test function covers both."""
+"""Shared fixtures: a fresh state database on SQLite and on PostgreSQL, so one test function covers both; and
+the real receivers of alert hooks (a webhook receiver, an Alertmanager)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from urllib.parse import quote
 import pytest
 import sqlalchemy as sa
 
+from tests.hook_receivers import alertmanager, receiver  # noqa: F401  (fixtures, shared)
 from tests.services import POSTGRES_URL, postgres_reachable, unavailable
 
 

@@ -18,7 +18,7 @@ import yaml
 
 from security.hooks.signature import verify
 from tests.e2e.servers import ServerProcess
-from tests.integration.test_hooks import Receiver, alertmanager, receiver  # noqa: F401  (fixtures)
+from tests.hook_receivers import Receiver
 
 pytestmark = pytest.mark.timeout(300)
 ALERT_DEADLINE_S = 30.0
@@ -73,7 +73,7 @@ def audit_event(verb: str, user: str, *, minute: int, subresource: str | None = 
 
 
 @pytest.fixture
-def server(tmp_path: Path, receiver: Receiver, alertmanager: str) -> Iterator[ServerProcess]:  # noqa: F811
+def server(tmp_path: Path, receiver: Receiver, alertmanager: str) -> Iterator[ServerProcess]:
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "e2e.yml").write_text(RULES)
@@ -128,8 +128,8 @@ def alerts_of(server: ServerProcess, officer: str, rule_id: str) -> list[dict[st
 
 def test_ingested_events_become_alert_incident_webhook_and_alertmanager_alert(
     server: ServerProcess,
-    receiver: Receiver,  # noqa: F811
-    alertmanager: str,  # noqa: F811
+    receiver: Receiver,
+    alertmanager: str,
 ) -> None:
     key = server.credential("key", "create", "--role", "ingest", "--name", "apiserver")
     officer = server.credential("token", "create", "--role", "security-officer")
