@@ -169,8 +169,10 @@ def _class_char(items: Sequence[tuple[Any, Any]]) -> str | None:
     return next((c for c in candidates if _in_set(c, items)), None)
 
 
-def _emit(items: Any) -> str | None:
-    """The shortest-ish text a parsed pattern matches; None for what this small walker does not model."""
+def _emit(items: Any, any_char: str = "a") -> str | None:
+    """The shortest-ish text a parsed pattern matches; None for what this small walker does not model.
+
+    ``any_char`` is what ``.`` becomes: a newline tests whether the engines honour the ``s`` flag."""
     out: list[str] = []
     for op, av in items:
         if op is sre.LITERAL:
@@ -178,7 +180,7 @@ def _emit(items: Any) -> str | None:
         elif op is sre.NOT_LITERAL:
             out.append("a" if chr(av) != "a" else "b")
         elif op is sre.ANY:
-            out.append("a")
+            out.append(any_char)
         elif op is sre.IN:
             char = _class_char(av)
             if char is None:
@@ -188,22 +190,22 @@ def _emit(items: Any) -> str | None:
             out.append(_category_char(av))
         elif op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
             low, _high, sub = av
-            text = _emit(sub)
+            text = _emit(sub, any_char)
             if text is None:
                 return None
             out.append(text * low)
         elif op is sre.SUBPATTERN:
-            text = _emit(av[-1])
+            text = _emit(av[-1], any_char)
             if text is None:
                 return None
             out.append(text)
         elif op is sre.ATOMIC_GROUP:
-            text = _emit(av)
+            text = _emit(av, any_char)
             if text is None:
                 return None
             out.append(text)
         elif op is sre.BRANCH:
-            text = _emit(av[1][0])
+            text = _emit(av[1][0], any_char)
             if text is None:
                 return None
             out.append(text)
@@ -214,7 +216,7 @@ def _emit(items: Any) -> str | None:
     return "".join(out)
 
 
-def regex_sample(value: SigmaRegularExpression) -> str | None:
+def regex_sample(value: SigmaRegularExpression, any_char: str = "a") -> str | None:
     """A string the rule's regex finds (checked with Python's ``re``), or None when the walker cannot build one."""
     pattern = str(value.regexp.to_plain())
     flags = 0
@@ -225,7 +227,7 @@ def regex_sample(value: SigmaRegularExpression) -> str | None:
     if SigmaRegularExpressionFlag.DOTALL in value.flags:
         flags |= re.DOTALL
     try:
-        text = _emit(sre_parse.parse(pattern, flags))
+        text = _emit(sre_parse.parse(pattern, flags), any_char)
         if text is not None and re.search(pattern, text, flags):
             return text
     except (re.error, RecursionError, OverflowError):
@@ -574,6 +576,27 @@ def filter_variants(
             yield f"next to filter: {name}", {**event, name: _outside(value.network)}
 
 
+def regex_over_lines(event: Mapping[str, Any], conjunction: Conjunction) -> dict[str, Any] | None:
+    """The event with each wanted ``re|m`` value between two other lines and each ``re|s`` sample holding
+    newlines for its dots: a match then needs the flag; None when the rule has neither flag."""
+    changed = dict(event)
+    for constraint in conjunction:
+        value = constraint.value
+        if (
+            not constraint.wanted
+            or constraint.field not in event
+            or not isinstance(value, SigmaRegularExpression)
+        ):
+            continue
+        if SigmaRegularExpressionFlag.DOTALL in value.flags:
+            sample = regex_sample(value, "\n")
+            if sample is not None:
+                changed[constraint.field] = sample
+        if SigmaRegularExpressionFlag.MULTILINE in value.flags:
+            changed[constraint.field] = f"first line\n{changed[constraint.field]}\nlast line"
+    return changed if changed != event else None
+
+
 def swapped_case(event: Mapping[str, Any], protected: Callable[[str], bool]) -> dict[str, Any]:
     """The event with its string values' letter case swapped (except ``protected`` fields, e.g. routing keys)."""
     return {k: v.swapcase() if isinstance(v, str) and not protected(k) else v for k, v in event.items()}
@@ -627,6 +650,9 @@ def generate(
                 }
                 if multi_line != event:
                     out.append(Generated(rule_id, "positive (multi-line padding)", multi_line))
+                over_lines = regex_over_lines(event, conjunction)
+                if over_lines is not None:
+                    out.append(Generated(rule_id, "positive (regex over lines)", over_lines))
             if pick < near_miss_sources:
                 out.extend(
                     Generated(rule_id, f"near miss: {what}", missed)
