@@ -581,19 +581,17 @@ def regex_over_lines(event: Mapping[str, Any], conjunction: Conjunction) -> dict
     newlines for its dots: a match then needs the flag; None when the rule has neither flag."""
     changed = dict(event)
     for constraint in conjunction:
-        value = constraint.value
-        if (
-            not constraint.wanted
-            or constraint.field not in event
-            or not isinstance(value, SigmaRegularExpression)
-        ):
+        name, value = constraint.field, constraint.value
+        if name is None or name not in event or not constraint.wanted:
+            continue
+        if not isinstance(value, SigmaRegularExpression):
             continue
         if SigmaRegularExpressionFlag.DOTALL in value.flags:
             sample = regex_sample(value, "\n")
             if sample is not None:
-                changed[constraint.field] = sample
+                changed[name] = sample
         if SigmaRegularExpressionFlag.MULTILINE in value.flags:
-            changed[constraint.field] = f"first line\n{changed[constraint.field]}\nlast line"
+            changed[name] = f"first line\n{changed[name]}\nlast line"
     return changed if changed != event else None
 
 
