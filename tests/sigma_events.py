@@ -582,9 +582,8 @@ def regex_over_lines(event: Mapping[str, Any], conjunction: Conjunction) -> dict
     changed = dict(event)
     for constraint in conjunction:
         name, value = constraint.field, constraint.value
-        if name is None or name not in event or not constraint.wanted:
-            continue
-        if not isinstance(value, SigmaRegularExpression):
+        wanted_regex = constraint.wanted and isinstance(value, SigmaRegularExpression)
+        if name is None or name not in event or not wanted_regex:
             continue
         if SigmaRegularExpressionFlag.DOTALL in value.flags:
             sample = regex_sample(value, "\n")
