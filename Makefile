@@ -29,6 +29,7 @@ bench: $(VENV)/.test-extras
 	$(BIN)/python bench/api_bench.py
 	$(BIN)/python bench/store_bench.py
 	$(BIN)/python bench/ingest_bench.py
+	$(BIN)/python bench/detect_bench.py
 
 lint: $(VENV)/.test-extras
 	$(BIN)/ruff check .
