@@ -112,8 +112,15 @@ def keyword_predicate(value: SigmaType, placeholders: Placeholders) -> Predicate
     if isinstance(value, SigmaExpansion):
         alternatives = [keyword_predicate(v, placeholders) for v in value.values]
         return lambda event: any(p(event) for p in alternatives)
-    match = _spread(value_matcher(_keyword_value(value), placeholders))
-    return lambda event: any(isinstance(v, str | list) and match(v) for v in event.values())
+    return _in_any_value(_spread(value_matcher(_keyword_value(value), placeholders)))
+
+
+_SEARCHED = (str, list)
+"""The values keywords search: text, and lists (item by item)."""
+
+
+def _in_any_value(match: Callable[[Any], bool]) -> Predicate:
+    return lambda event: any(isinstance(v, _SEARCHED) and match(v) for v in event.values())
 
 
 def _all(parts: list[Predicate]) -> Predicate:
@@ -141,17 +148,24 @@ def _on_field(field: str, match: Callable[[Any], bool]) -> Predicate:
 
 
 def _or_args(args: list[Any], placeholders: Placeholders) -> list[Predicate]:
-    """OR-ed leaves on one field with simple string values become one predicate reading the field once."""
-    groups: dict[tuple[str, bool], list[SimpleString]] = {}
+    """OR-ed leaves on one field with simple string values become one predicate reading the field once; OR-ed
+    simple keywords likewise become one pass over the event's values."""
+    groups: dict[tuple[str | None, bool], list[SimpleString]] = {}
     predicates: list[Predicate] = []
     for arg in args:
-        simple = simple_string(arg.value) if isinstance(arg, ConditionFieldEqualsValueExpression) else None
+        simple = None
+        if isinstance(arg, ConditionFieldEqualsValueExpression):
+            simple = simple_string(arg.value)
+        elif isinstance(arg, ConditionValueExpression) and isinstance(arg.value, SigmaString):
+            simple = simple_string(_keyword_value(arg.value))
         if simple is None:
             predicates.append(compile_condition(arg, placeholders))
         else:
-            groups.setdefault((arg.field, simple.cased), []).append(simple)
+            field = arg.field if isinstance(arg, ConditionFieldEqualsValueExpression) else None
+            groups.setdefault((field, simple.cased), []).append(simple)
     for (field, _cased), items in groups.items():
-        predicates.append(_on_field(field, _spread(simple_matcher(items))))
+        match = _spread(simple_matcher(items))
+        predicates.append(_in_any_value(match) if field is None else _on_field(field, match))
     return predicates
 
 
