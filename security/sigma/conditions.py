@@ -23,6 +23,7 @@ from sigma.types import (
     SigmaExpansion,
     SigmaFieldReference,
     SigmaNull,
+    SigmaNumber,
     SigmaString,
     SigmaType,
     SpecialChars,
@@ -34,6 +35,7 @@ from security.sigma.values import (
     SimpleString,
     ValueMatcher,
     as_text,
+    number_set_matcher,
     simple_matcher,
     simple_string,
     value_matcher,
@@ -148,23 +150,32 @@ def _on_field(field: str, match: Callable[[Any], bool]) -> Predicate:
 
 
 def _or_args(args: list[Any], placeholders: Placeholders) -> list[Predicate]:
-    """OR-ed leaves on one field with simple string values become one predicate reading the field once; OR-ed
-    simple keywords likewise become one pass over the event's values."""
+    """OR-ed leaves on one field with simple string (or number) values become one predicate reading the field
+    once; OR-ed simple keywords (or numbers) likewise become one pass over the event's values."""
     groups: dict[tuple[str | None, bool], list[SimpleString]] = {}
+    numbers: dict[str | None, set[float]] = {}
     predicates: list[Predicate] = []
     for arg in args:
+        field = arg.field if isinstance(arg, ConditionFieldEqualsValueExpression) else None
         simple = None
         if isinstance(arg, ConditionFieldEqualsValueExpression):
             simple = simple_string(arg.value)
         elif isinstance(arg, ConditionValueExpression) and isinstance(arg.value, SigmaString):
             simple = simple_string(_keyword_value(arg.value))
-        if simple is None:
-            predicates.append(compile_condition(arg, placeholders))
-        else:
-            field = arg.field if isinstance(arg, ConditionFieldEqualsValueExpression) else None
+        if simple is not None:
             groups.setdefault((field, simple.cased), []).append(simple)
-    for (field, _cased), items in groups.items():
-        match = _spread(simple_matcher(items))
+        elif isinstance(arg, ConditionFieldEqualsValueExpression | ConditionValueExpression) and isinstance(
+            arg.value, SigmaNumber
+        ):
+            numbers.setdefault(field, set()).add(float(arg.value.number))
+        else:
+            predicates.append(compile_condition(arg, placeholders))
+    matchers: list[tuple[str | None, ValueMatcher]] = [
+        (field, simple_matcher(items)) for (field, _cased), items in groups.items()
+    ]
+    matchers += [(field, number_set_matcher(values)) for field, values in numbers.items()]
+    for field, matcher in matchers:
+        match = _spread(matcher)
         predicates.append(_in_any_value(match) if field is None else _on_field(field, match))
     return predicates
 

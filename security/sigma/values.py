@@ -268,6 +268,12 @@ def number_matcher(value: SigmaNumber) -> ValueMatcher:
     return lambda v: (n := as_number(v)) is not None and n == expected
 
 
+def number_set_matcher(expected: frozenset[float] | set[float]) -> ValueMatcher:
+    """Several plain numbers OR-ed (``code: [401, 403]``): the value read as a number once, one set lookup."""
+    numbers = frozenset(expected)
+    return lambda v: (n := as_number(v)) is not None and n in numbers
+
+
 def bool_matcher(value: SigmaBool) -> ValueMatcher:
     """A boolean matches a JSON boolean or its text form (``true``/``false``, any case)."""
     expected = value.boolean
