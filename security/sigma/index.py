@@ -342,16 +342,20 @@ class Group(Generic[R]):
             return set()
         parts: list[str] = []
         openings = self.openings
-        if len(view) < len(openings):
-            for name, value in view.items():
-                opening = openings.get(name)
-                if opening is not None and value is not None:
-                    _texts(value, opening, parts)
-        else:
-            for name, opening in openings.items():
-                value = view.get(name)
-                if value is not None:
-                    _texts(value, opening, parts)
+        pairs = (
+            ((name, openings.get(name)) for name in view)
+            if len(view) < len(openings)
+            else ((name, opening) for name, opening in openings.items() if name in view)
+        )
+        for name, opening in pairs:
+            if opening is None:
+                continue
+            value = view[name]
+            if value.__class__ is str:  # the common case, without a call
+                parts.append(opening)
+                parts.append(value)
+            elif value is not None:
+                _texts(value, opening, parts)
         if not parts:
             return set()
         parts.append("\x03")
@@ -361,9 +365,10 @@ class Group(Generic[R]):
         """Atoms found in the every-value text of ``view``: each value framed as ``\\x02value\\x03``."""
         if self.automaton is None:
             return set()
-        parts: list[str] = []
-        for value in view.values():
-            if value is not None:
+        values = view.values()
+        parts = ["\x03\x02", "\x03\x02".join([v for v in values if v.__class__ is str])]
+        for value in values:
+            if value.__class__ is not str and value is not None:
                 _texts(value, "\x03\x02", parts)
         parts.append("\x03")
         return {number for _end, number in self.automaton.iter(_scan_text(parts))}
