@@ -40,7 +40,8 @@ class RuleMatch:
 def _flatten_into(out: FlatEvent, node: Mapping[str, Any], prefix: str) -> None:
     for key, value in node.items():
         path = prefix + key if key.__class__ is str else f"{prefix}{key}"
-        if value.__class__ not in _LEAVES and isinstance(value, Mapping):
+        kind = value.__class__
+        if kind is dict or (kind not in _LEAVES and isinstance(value, Mapping)):
             _flatten_into(out, value, path + ".")
         else:
             out[path] = value

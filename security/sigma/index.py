@@ -342,20 +342,24 @@ class Group(Generic[R]):
             return set()
         parts: list[str] = []
         openings = self.openings
-        pairs = (
-            ((name, openings.get(name)) for name in view)
-            if len(view) < len(openings)
-            else ((name, opening) for name, opening in openings.items() if name in view)
-        )
-        for name, opening in pairs:
-            if opening is None:
-                continue
-            value = view[name]
-            if value.__class__ is str:  # the common case, without a call
-                parts.append(opening)
-                parts.append(value)
-            elif value is not None:
-                _texts(value, opening, parts)
+        if len(view) < len(openings):
+            for name, value in view.items():
+                opening = openings.get(name)
+                if opening is None:
+                    continue
+                if value.__class__ is str:  # the common case, without a call
+                    parts.append(opening)
+                    parts.append(value)
+                elif value is not None:
+                    _texts(value, opening, parts)
+        else:
+            for name, opening in openings.items():
+                value = view.get(name)
+                if value.__class__ is str:
+                    parts.append(opening)
+                    parts.append(value)
+                elif value is not None:
+                    _texts(value, opening, parts)
         if not parts:
             return set()
         parts.append("\x03")
