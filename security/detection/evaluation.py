@@ -22,7 +22,7 @@ from typing import Any
 from control_plane.core import clock
 from security.alerts.model import Alert, AlertEvent, entities_of
 from security.detection.matcher import Matcher, RuleMatch
-from security.detection.ruleset import RuleSet, describe, rule_ref
+from security.detection.ruleset import RuleSet, rule_ref
 from security.sigma.correlation import CorrelationAlert, CorrelationEngine
 
 RULE_ALERT_NAMESPACE = uuid.UUID("0b6f4a0e-3f3c-5a55-8d0e-2f5f1f6c9a11")
@@ -153,13 +153,10 @@ class Correlator:
         )
 
     def _correlation_alert(self, fired: CorrelationAlert) -> Alert:
-        rule = next(
-            (describe(r) for r in self.ruleset.correlations if rule_ref(r) == fired.correlation), None
-        )
         return Alert(
             id=fired.alert_id,
             kind="correlation",
-            rule=rule or self.ruleset.describe(fired.correlation),
+            rule=self.ruleset.describe(fired.correlation),
             first=rfc3339(fired.window_start),
             last=rfc3339(fired.window_end),
             detected_at=rfc3339(clock.utcnow().timestamp()),

@@ -123,12 +123,18 @@ class RuleSet:
     def correlations(self) -> list[SigmaCorrelationRule]:
         return [r for r in self.collection if isinstance(r, SigmaCorrelationRule)]
 
+    _described: dict[str, AlertRule] = field(default_factory=dict, repr=False, compare=False)
+
     def describe(self, ref: str) -> AlertRule:
-        """The alert-facing description of a rule or correlation, by reference."""
-        for rule in self.collection:
-            if ref in {str(rule.id) if rule.id else "", rule.name or "", rule.title}:
-                return describe(rule)
-        return AlertRule(id=ref, title=ref)
+        """The alert-facing description of a rule or correlation, by id, name or title (every alert asks: the
+        table is built once, on the first call after the collection is final)."""
+        if not self._described:
+            for rule in reversed(list(self.collection)):  # the first rule of a name wins, as a scan would
+                described = describe(rule)
+                for name in (str(rule.id) if rule.id else "", rule.name or "", rule.title):
+                    if name:
+                        self._described[name] = described
+        return self._described.get(ref) or AlertRule(id=ref, title=ref)
 
 
 def rule_ref(rule: SigmaRuleBase) -> str:
