@@ -97,7 +97,7 @@ def field_predicate(field: str, value: SigmaType, placeholders: Placeholders) ->
     return lambda event: match(event.get(field))
 
 
-def _keyword_value(value: SigmaType) -> SigmaType:
+def keyword_value(value: SigmaType) -> SigmaType:
     """Keywords are searched *within* values (full-text style), so a bare keyword gets ``*`` on both sides."""
     if isinstance(value, SigmaString):
         parts = list(value.s)
@@ -114,7 +114,7 @@ def keyword_predicate(value: SigmaType, placeholders: Placeholders) -> Predicate
     if isinstance(value, SigmaExpansion):
         alternatives = [keyword_predicate(v, placeholders) for v in value.values]
         return lambda event: any(p(event) for p in alternatives)
-    return _in_any_value(_spread(value_matcher(_keyword_value(value), placeholders)))
+    return _in_any_value(_spread(value_matcher(keyword_value(value), placeholders)))
 
 
 _SEARCHED = (str, list)
@@ -161,7 +161,7 @@ def _or_args(args: list[Any], placeholders: Placeholders) -> list[Predicate]:
         if isinstance(arg, ConditionFieldEqualsValueExpression):
             simple = simple_string(arg.value)
         elif isinstance(arg, ConditionValueExpression) and isinstance(arg.value, SigmaString):
-            simple = simple_string(_keyword_value(arg.value))
+            simple = simple_string(keyword_value(arg.value))
         if simple is not None:
             groups.setdefault((field, simple.cased), []).append(simple)
         elif isinstance(arg, ConditionFieldEqualsValueExpression | ConditionValueExpression) and isinstance(

@@ -42,10 +42,10 @@ from sigma.conditions import (
     ConditionValueExpression,
 )
 from sigma.rule import SigmaRule
-from sigma.types import SigmaExpansion, SigmaFieldReference, SigmaString, SpecialChars
+from sigma.types import SigmaExpansion, SigmaFieldReference, SigmaString
 
 from security.sigma.compiler import CompiledRule
-from security.sigma.conditions import Event
+from security.sigma.conditions import Event, keyword_value
 from security.sigma.routing import Route, RoutedRule
 from security.sigma.values import as_text, simple_string
 
@@ -157,19 +157,6 @@ def value_requirement(field: str | None, value: Any) -> Requirement:
     return NOTHING
 
 
-def _keyword(value: Any) -> Any:
-    """Keywords are matched as ``*value*`` (conditions._keyword_value); mirror that before deriving atoms."""
-    if not isinstance(value, SigmaString):
-        return value
-    parts = list(value.s)
-    multi = SpecialChars.WILDCARD_MULTI
-    if not parts or parts[0] is not multi:
-        value = SigmaString("*") + value
-    if not parts or parts[-1] is not multi:
-        value = value + SigmaString("*")
-    return value
-
-
 def requirement(node: Any) -> Requirement:
     """The requirement of one node of pySigma's parsed condition tree (see the module doc)."""
     if isinstance(node, ConditionAND):
@@ -181,8 +168,8 @@ def requirement(node: Any) -> Requirement:
     if isinstance(node, ConditionValueExpression):
         value = node.value
         if isinstance(value, SigmaExpansion):
-            return _or([value_requirement(None, _keyword(v)) for v in value.values])
-        return value_requirement(None, _keyword(value))
+            return _or([value_requirement(None, keyword_value(v)) for v in value.values])
+        return value_requirement(None, keyword_value(value))
     return NOTHING  # NOT, and anything unknown: always evaluate
 
 
