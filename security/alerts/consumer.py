@@ -24,9 +24,10 @@ POLL_TIMEOUT_S = 0.5
 
 class AlertConsumer(PollingWorker):
     def __init__(self, *, bus: Bus, sink: AlertSink) -> None:
-        super().__init__("refsys-incidents", poll_timeout_s=POLL_TIMEOUT_S)
+        super().__init__(
+            "refsys-incidents", bus.consumer(topics.ALERTS, INCIDENTS_GROUP), poll_timeout_s=POLL_TIMEOUT_S
+        )
         self.sink = sink
-        self._consumer = bus.consumer(topics.ALERTS, INCIDENTS_GROUP)
 
     def run_once(self, timeout_s: float = POLL_TIMEOUT_S) -> int:
         """Handle one polled batch and commit it; returns how many records it held."""

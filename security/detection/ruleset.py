@@ -231,12 +231,6 @@ def parse_documents(text: RuleText) -> tuple[list[tuple[Parsed, Document]], list
     return rules, problems
 
 
-def parse_text(text: RuleText) -> tuple[list[Parsed], list[RuleProblem]]:
-    """Parse one file's documents; a document that does not parse is a problem, the others are kept."""
-    rules, problems = parse_documents(text)
-    return [rule for rule, _document in rules], problems
-
-
 def _resolved(rules: list[Parsed], infos: dict[str, RuleInfo]) -> SigmaCollection:
     """The collection correlations resolve against: plain rules and the enabled correlations that resolve (one
     naming an unknown or disabled rule is marked invalid, then so is one naming that one, and so on).

@@ -8,6 +8,7 @@ command, and are judged at its end.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -15,31 +16,17 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 
 from control_plane.core.bus import Bus
-from control_plane.core.config import DetectionSettings, Settings
+from control_plane.core.config import DetectionSettings
 from security.alerts.model import Alert
 from security.detection.checkpoints import Checkpoints
 from security.detection.evaluation import Correlator, Detector
-from security.detection.ruleset import load
 from security.detection.stages import (
     CORRELATE_GROUP,
     CorrelationWorker,
     MatchingWorker,
     RuleSource,
     StageMetrics,
-    StaticRules,
 )
-
-
-def configured_rules(settings: Settings) -> RuleSource:
-    """The rules the configuration names (bundled and ``detection.rule_dirs``)."""
-    detection = settings.detection
-    return StaticRules(
-        load(
-            bundled=detection.bundled_rules,
-            rule_dirs=detection.rule_dirs,
-            placeholders=detection.placeholders,
-        )
-    )
 
 
 class Detection:
@@ -56,14 +43,17 @@ class Detection:
     ) -> None:
         self.rules = rules
         metrics = StageMetrics(registry)
+        # Member ids stable across restarts (a restarted server takes its partitions back at once) and
+        # distinct across hosts (servers sharing a PostgreSQL bus share the partitions out).
+        host = socket.gethostname()
         self.matchers = [
-            MatchingWorker(bus, rules, metrics, member_id=f"detect-{n}")
+            MatchingWorker(bus, rules, metrics, member_id=f"detect-{n}@{host}")
             for n in range(settings.matching_workers)
         ]
         self.correlator = CorrelationWorker(
             bus, rules, Checkpoints(engine, CORRELATE_GROUP), metrics,
             lateness=settings.lateness_s, max_groups=settings.max_groups,
-            checkpoint_every_s=settings.checkpoint_every_s,
+            checkpoint_every_s=settings.checkpoint_every_s, member_id=f"correlate@{host}",
         )  # fmt: skip
 
     def start(self) -> None:
@@ -91,7 +81,6 @@ class InlineDetection:
         self.detector = Detector(ruleset)
         self.correlator = Correlator(ruleset, lateness=lateness)
         self.sinks = list(sinks)
-        self.raised = 0
         self._seq = 0
 
     def __call__(self, docs: Sequence[Mapping[str, Any]]) -> None:
@@ -109,6 +98,5 @@ class InlineDetection:
     def _hand_over(self, alerts: list[Alert]) -> None:
         if not alerts:
             return
-        self.raised += len(alerts)
         for sink in self.sinks:
             sink(alerts)

@@ -101,11 +101,14 @@ class MatchingWorker(PollingWorker):
     """Stateless: telemetry in, match records out; commits after publishing (at-least-once)."""
 
     def __init__(self, bus: Bus, rules: RuleSource, metrics: StageMetrics, *, member_id: str) -> None:
-        super().__init__(f"refsys-detect-{member_id}", poll_timeout_s=POLL_TIMEOUT_S)
+        super().__init__(
+            f"refsys-{member_id}",
+            bus.consumer(topics.TELEMETRY, MATCH_GROUP, member_id=member_id),
+            poll_timeout_s=POLL_TIMEOUT_S,
+        )
         self.bus = bus
         self.rules = rules
         self.metrics = metrics
-        self._consumer = bus.consumer(topics.TELEMETRY, MATCH_GROUP, member_id=member_id)
         self._version = -1
         self._detector: Detector | None = None
 
@@ -131,9 +134,6 @@ class MatchingWorker(PollingWorker):
         self.metrics.matches.inc(sum(len(m) for m in by_key.values()))
         return len(records)
 
-    def finish(self) -> None:
-        self._consumer.close()
-
 
 class CorrelationWorker(PollingWorker):
     """Stateful: one correlator per owned partition of ``matches``; alerts out; state checkpointed with offsets."""
@@ -151,7 +151,11 @@ class CorrelationWorker(PollingWorker):
         member_id: str = "correlate-0",
         on_alerts: Callable[[list[Alert]], None] | None = None,
     ) -> None:
-        super().__init__("refsys-correlate", poll_timeout_s=POLL_TIMEOUT_S)
+        super().__init__(
+            f"refsys-{member_id}",
+            bus.consumer(topics.MATCHES, CORRELATE_GROUP, member_id=member_id),
+            poll_timeout_s=POLL_TIMEOUT_S,
+        )
         self.bus = bus
         self.rules = rules
         self.checkpoints = checkpoints
@@ -160,7 +164,6 @@ class CorrelationWorker(PollingWorker):
         self.max_groups = max_groups
         self.checkpoint_every_s = checkpoint_every_s
         self.on_alerts = on_alerts
-        self._consumer = bus.consumer(topics.MATCHES, CORRELATE_GROUP, member_id=member_id)
         self._correlators: dict[int, Correlator] = {}
         self._covered: dict[int, int] = {}
         """Per partition: the last offset whose match is in the state (-1: none)."""
@@ -257,6 +260,14 @@ class CorrelationWorker(PollingWorker):
             del self._correlators[partition]
             self._covered.pop(partition, None)
             self._uncommitted = [r for r in self._uncommitted if r.partition != partition]
+
+    def recover(self) -> None:
+        """A batch failed midway: its matches may be in the windows, its alerts not yet out. Drop the windows
+        and rewind, so each partition restarts from its checkpoint and the batch comes again (alerts keep ids)."""
+        self._correlators.clear()
+        self._covered.clear()
+        self._uncommitted = []
+        self._consumer.rewind()
 
     def finish(self) -> None:
         """Save the windows (so a restart resumes from here), then leave the group."""

@@ -31,11 +31,12 @@ class StoreIndexer(PollingWorker):
         registry: CollectorRegistry,
         on_drain_rate: Callable[[float], None] | None = None,
     ) -> None:
-        super().__init__("refsys-store-indexer", poll_timeout_s=POLL_TIMEOUT_S)
+        super().__init__(
+            "refsys-store-indexer", bus.consumer(topics.TELEMETRY, STORE_GROUP), poll_timeout_s=POLL_TIMEOUT_S
+        )
         self.bus = bus
         self.store = store
         self.on_drain_rate = on_drain_rate
-        self._consumer = bus.consumer(topics.TELEMETRY, STORE_GROUP)
         self._rate_per_s: float | None = None
         self.stored_total = 0
         """Events this indexer wrote that the store did not hold yet (re-deliveries are not counted)."""

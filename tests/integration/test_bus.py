@@ -24,6 +24,7 @@ from control_plane.core.bus import (
     topics,
 )
 from control_plane.core.bus.sql_consumer import SqlConsumer
+from control_plane.core.bus.worker import PollingWorker
 from control_plane.core.db import create_db_engine
 from tests.integration import bus_worker
 
@@ -310,3 +311,34 @@ def test_every_record_is_processed_when_a_consumer_is_killed_mid_batch(db_url: s
     assert {rid for _, _, rid in uncommitted} <= by_others  # what the killed one had not committed came again
     for partition, end in ends.items():  # and no offset of any partition was skipped
         assert {o for p, o, _ in everything if p == partition} == set(range(end))
+
+
+class _FlakyWorker(PollingWorker):
+    """Fails once in the middle of its first batch, after the poll moved the consumer's position past it."""
+
+    def __init__(self, bus: SqlBus) -> None:
+        super().__init__("flaky", bus.consumer("telemetry", "flaky"), poll_timeout_s=0.05, backoff_s=0.01)
+        self.handled: list[str] = []
+        self.failures = 0
+
+    def run_once(self, timeout_s: float) -> int:
+        records = self._consumer.poll(max_records=3, timeout_s=timeout_s)
+        for record in records:
+            if self.failures == 0:
+                self.failures += 1
+                raise RuntimeError("the store hiccuped")
+            self.handled.append(record.value["id"])
+        self._consumer.commit(records)
+        return len(records)
+
+
+def test_a_worker_s_failed_batch_comes_again_instead_of_being_skipped(bus: SqlBus) -> None:
+    bus.publish("telemetry", "one-key", [{"id": f"r{n}"} for n in range(7)])
+    worker = _FlakyWorker(bus)
+    worker.start()
+    try:
+        wait_for(lambda: len(worker.handled) >= 7, "every record handled")
+    finally:
+        worker.stop()
+    assert worker.failures == 1
+    assert worker.handled == [f"r{n}" for n in range(7)], "nothing skipped, nothing twice"

@@ -200,3 +200,34 @@ def test_a_window_open_across_a_restart_fires_once(
     assert len(later) == 1 and later[0].metric == 3
     matcher.stop()
     fourth.stop()
+
+
+def test_a_correlation_batch_that_fails_midway_is_replayed_from_the_checkpoint(
+    bus_and_engine: tuple[SqlBus, Any], rules: StaticRules, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bus, engine = bus_and_engine
+    matcher = MatchingWorker(bus, rules, StageMetrics(CollectorRegistry()), member_id="detect-0")
+    _publish_deletions(bus, range(3))
+    settle([matcher])
+    publish = bus.publish
+    failed: list[str] = []
+
+    def flaky(topic: str, key: str | None, records: Any) -> None:
+        if topic == topics.ALERTS and not failed:
+            failed.append(key or "")
+            raise RuntimeError("the bus hiccuped")  # after the window counted the third deletion
+        publish(topic, key, records)
+
+    monkeypatch.setattr(bus, "publish", flaky)
+    worker = correlation_worker(bus, engine, rules)
+    worker.backoff_s = 0.01
+    worker.start()
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while not _correlations(bus):
+            assert time.monotonic() < deadline, "the correlation alert never came after the failure"
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+    (alert,) = _correlations(bus)
+    assert failed and alert.metric == 3, "replayed from the checkpoint, not counted on top of the failed try"

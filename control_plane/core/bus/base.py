@@ -85,6 +85,11 @@ class Consumer(_Closeable):
         delivered to the group again, the others are.
         """
 
+    @abstractmethod
+    def rewind(self) -> None:
+        """Go back to the group's committed offsets on the partitions this member owns, so that what was
+        polled and not committed comes again (a batch whose handling failed)."""
+
     @property
     @abstractmethod
     def assignment(self) -> frozenset[int]:

@@ -199,5 +199,16 @@ class KafkaBusConsumer(Consumer):
             raise CommitError(f"commit on {self._name} failed: {_describe(exc)}") from exc
         self._committed.update(forward)
 
+    def rewind(self) -> None:
+        try:
+            for tp in self._client.assignment():
+                committed = self._client.committed(tp)
+                if committed is None:
+                    self._client.seek_to_beginning(tp)
+                else:
+                    self._client.seek(tp, committed)
+        except KafkaError as exc:
+            raise BusError(f"rewind of {self._name} failed: {_describe(exc)}") from exc
+
     def close(self) -> None:
         self._client.close(autocommit=False)

@@ -117,6 +117,12 @@ class SqlConsumer(Consumer):
                 f"commit of group {self.group} on {self.topic} failed: {exc.__class__.__name__}"
             ) from exc
 
+    def rewind(self) -> None:
+        if not self._assignment:
+            return
+        with self._engine.connect() as connection:
+            self._positions.update(self._committed_positions(connection, sorted(self._assignment)))
+
     def close(self) -> None:
         if self._closed:
             return
