@@ -84,10 +84,14 @@ def create_app(settings: Settings, services: Services | None = None, *, demo: bo
                 metrics_server.shutdown()
             if demo_runner is not None:
                 demo_runner.stop()
-            # Independent parts, each waiting for its own threads: stopped side by side, not one after another.
-            stop_together([detection.stop, incidents.stop, notifier.stop, production.stop, telemetry.stop])
-            maintenance.stop()
-            services.close()
+            try:
+                # Independent parts, each waiting for its own threads: stopped side by side, not in turn.
+                stop_together(
+                    [detection.stop, incidents.stop, notifier.stop, production.stop, telemetry.stop]
+                )
+            finally:
+                maintenance.stop()
+                services.close()
 
     app = FastAPI(
         title="refsys control plane",

@@ -7,11 +7,10 @@ so a crash anywhere between the two redelivers the batch and changes nothing twi
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from control_plane.core.bus import Bus, Record, topics
+from control_plane.core.bus import Bus, topics
 from control_plane.core.bus.worker import PollingWorker
-from security.alerts.model import Alert
+from security.alerts.model import decode
 from security.alerts.service import AlertSink
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ class AlertConsumer(PollingWorker):
         records = self._consumer.poll(max_records=POLL_RECORDS, timeout_s=timeout_s)
         if not records:
             return 0
-        self.sink.handle([alert for record in records if (alert := _alert(record)) is not None])
+        self.sink.handle(decode(records, "incident manager"))
         self._consumer.commit(records)
         return len(records)
 
@@ -44,19 +43,3 @@ class AlertConsumer(PollingWorker):
             self.drain()
         finally:
             self._consumer.close()
-
-
-def _alert(record: Record) -> Alert | None:
-    """The alert a record carries, or None (logged) for a record that is not one: retrying cannot fix it, and
-    holding it back would stall every alert behind it."""
-    value: Any = record.value
-    try:
-        return Alert.from_record(value)
-    except (KeyError, TypeError, ValueError) as exc:
-        log.error(
-            "alerts topic: partition %d offset %d is not an alert (%r); skipped",
-            record.partition,
-            record.offset,
-            exc,
-        )
-        return None

@@ -12,9 +12,14 @@ idempotent sinks).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from control_plane.core.bus import Record
+
+log = logging.getLogger(__name__)
 
 LEVELS: tuple[str, ...] = ("informational", "low", "medium", "high", "critical")
 """Sigma's levels, lowest first: severity comparisons use their position."""
@@ -130,3 +135,16 @@ def entities_of(flats: list[Mapping[str, Any]]) -> dict[str, list[str]]:
                     found.setdefault(entity, set()).add(str(value))
                     break
     return {entity: sorted(values) for entity, values in found.items()}
+
+
+def decode(records: Sequence[Record], reader: str) -> list[Alert]:
+    """The alerts of some ``alerts`` topic records; a record that is not an alert is logged and skipped:
+    retrying cannot fix it, and it must not hold back the alerts behind it."""
+    alerts = []
+    for record in records:
+        try:
+            alerts.append(Alert.from_record(record.value))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            log.error("%s: alerts record %d/%d is not an alert (%r); skipped", reader, record.partition,
+                      record.offset, exc)  # fmt: skip
+    return alerts

@@ -19,9 +19,9 @@ from sqlalchemy.engine import Engine
 
 import control_plane
 from control_plane.core.audit.trail import Actor, AuditTrail
-from control_plane.core.bus import Bus, Consumer, Record, topics
+from control_plane.core.bus import Bus, Consumer, topics
 from control_plane.core.config import Settings
-from security.alerts.model import Alert
+from security.alerts.model import Alert, decode
 from security.hooks.dead_letters import HookDeadLetters
 from security.hooks.delivery import AttemptError, Backoff, Hook, Interrupted, Outcome, deliver, routes
 from security.hooks.duplicates import DuplicateFilter
@@ -127,7 +127,7 @@ class Notifier:
         records = self._consumer.poll(max_records=POLL_RECORDS, timeout_s=timeout_s)
         if not records:
             return 0
-        alerts = decode(records)
+        alerts = decode(records, "notifier")
         # Retry the same batch here rather than poll on: an uncommitted batch is redelivered only after a
         # restart or a rebalance, and skipping it meanwhile would lose notifications until then.
         while True:
@@ -195,15 +195,3 @@ class Notifier:
             details={"dead_letter_id": dead_letter_id, "delivery_id": outcome.delivery_id,
                      "alert_id": outcome.alert.id, "attempts": outcome.attempts, "reason": outcome.reason},
         )  # fmt: skip
-
-
-def decode(records: Sequence[Record]) -> list[Alert]:
-    """The alerts of ``records``; a record that is not an alert is logged and skipped (retrying cannot fix it,
-    and it must not hold back the alerts behind it)."""
-    alerts = []
-    for record in records:
-        try:
-            alerts.append(Alert.from_record(record.value))
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            log.error("notifier: record %s/%d is not an alert: %r", record.partition, record.offset, exc)
-    return alerts

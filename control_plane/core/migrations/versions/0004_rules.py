@@ -49,12 +49,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_rule_filters_expires_at", "rule_filters", ["expires_at"])
-    op.create_table(
+    revision_table = op.create_table(
         "rule_revision",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("revision", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
+    # Seeded, so that two first changes at once update one row instead of racing to insert it.
+    op.bulk_insert(revision_table, [{"id": 1, "revision": 0}])
 
 
 def downgrade() -> None:
