@@ -167,8 +167,8 @@ def result_lines(alerts: Iterable[Alert], positions: Mapping[str, list[int]]) ->
 
 
 def run(ruleset: RuleSet, docs: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """Evaluate ``docs`` (streamed, never all in memory at once from the store) and return the output lines
-    and how many events were evaluated."""
+    """Evaluate ``docs`` (streamed from the store a page at a time; the positions and alerts kept grow with
+    them, so callers bound the stream) and return the output lines and how many events were evaluated."""
     stream = _Positions(docs)
     alerts = evaluate(ruleset, stream)
     return result_lines(alerts, stream.positions), stream.count

@@ -9,6 +9,7 @@ change is audited. Role ``security-officer`` (``admin`` implied).
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, defaultdict
 from datetime import datetime
 from typing import Annotated, Any
@@ -166,6 +167,8 @@ class TestResult(BaseModel):
     """``{correlation_id, title, group, event_indexes, event_ids, first, last}`` per correlation alert."""
     rejected: list[dict[str, Any]]
     """Raw lines the adapter refused: ``{line, reason}``."""
+    truncated: bool = False
+    """A backtest stopped after its first MAX_TEST_EVENTS events of the range: narrow the range for the rest."""
 
 
 class TechniqueCoverage(BaseModel):
@@ -425,6 +428,7 @@ def _test(body: TestRequest, request: Request, catalog: CatalogDep, who: Princip
     else:
         ruleset = catalog.current()
     rejected: list[dict[str, Any]] = []
+    truncated = False
     if body.events is not None:
         docs, _ = rule_testing.normalise(
             b"\n".join(rule_testing.dumps(e).encode() for e in body.events), source=None, origin=None
@@ -444,15 +448,17 @@ def _test(body: TestRequest, request: Request, catalog: CatalogDep, who: Princip
         assert body.from_ is not None and body.to is not None
         excluded = [] if {Role.ADMIN, Role.AUDITOR} & who.roles else [AUDIT_DATASET]
         store = request.app.state.telemetry.store
-        lines, count = rule_testing.run(
-            ruleset, rule_testing.stored_events(store, body.from_, body.to, exclude_datasets=excluded)
-        )
+        stored = rule_testing.stored_events(store, body.from_, body.to, exclude_datasets=excluded)
+        # Bounded: a long range must not hold the server's memory (positions and alerts grow with it).
+        lines, count = rule_testing.run(ruleset, itertools.islice(stored, MAX_TEST_EVENTS))
+        truncated = count == MAX_TEST_EVENTS and next(stored, None) is not None
     return json_response(
         {
             "events": count,
             "matches": [line for line in lines if "rule_id" in line],
             "correlations": [line for line in lines if "correlation_id" in line],
             "rejected": rejected,
+            "truncated": truncated,
         }
     )
 

@@ -26,6 +26,7 @@ from control_plane.core.audit.trail import AuditFilter
 from control_plane.core.auth.machine_keys import MachineKeyStore
 from control_plane.core.auth.roles import Role
 from control_plane.core.services import Services
+from security.detection import rules_api
 from security.detection.catalog import RuleCatalog
 from security.detection.evaluation import evaluate
 from security.detection.rule_testing import normalise
@@ -324,7 +325,9 @@ def test_filters_exclude_until_they_expire(app: tuple[TestClient, Services]) -> 
     assert create["details"]["owner"] == "platform-team" and create["details"]["expires_at"] == expires
 
 
-def test_rules_test_over_given_rules_and_a_stored_time_range(app: tuple[TestClient, Services]) -> None:
+def test_rules_test_over_given_rules_and_a_stored_time_range(
+    app: tuple[TestClient, Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
     client, services = app
     officer = bearer(services, Role.SECURITY_OFFICER, subject="sofia")
 
@@ -380,6 +383,11 @@ def test_rules_test_over_given_rules_and_a_stored_time_range(app: tuple[TestClie
     assert [m["event_id"] for m in with_rules.json()["matches"]] == ["e-4:ResponseComplete"]
     empty = {"from": "2000-01-01T00:00:00Z", "to": "2000-01-02T00:00:00Z"}
     assert client.post("/api/v1/rules/test", json=empty, headers=officer).json()["events"] == 0
+    # A backtest is bounded: past the cap it stops and says so.
+    assert client.post("/api/v1/rules/test", json=backtest, headers=officer).json()["truncated"] is False
+    monkeypatch.setattr(rules_api, "MAX_TEST_EVENTS", 2)
+    capped = client.post("/api/v1/rules/test", json=backtest, headers=officer).json()
+    assert (capped["events"], capped["truncated"]) == (2, True)
 
 
 def test_cli_rules_test_with_url_asks_the_server(
