@@ -99,6 +99,15 @@ def _key(rule: SigmaRuleBase) -> str:
     return str(rule.id) if rule.id else (rule.name or rule.title)
 
 
+def _insert(state: dict[str, Any], name: str, end: float) -> None:
+    """Add a window end to a group's sorted ``fired`` or ``pending`` ends (an empty tuple until the first)."""
+    ends = state[name]
+    if isinstance(ends, list):
+        bisect.insort(ends, end)
+    else:
+        state[name] = [end]
+
+
 def _group_values(corr: _Correlation, slot: int, fields: Mapping[str, Any]) -> tuple[str, list[Any]] | None:
     """A match's group key (JSON of the normalised group-by values, through the slot's aliases) and the raw
     values; None when the event lacks one of them."""
@@ -324,7 +333,8 @@ class CorrelationEngine:
         groups = self._groups[corr.key]
         state = groups.get(gkey)
         if state is None:
-            state = {"values": raw, "entries": [], "fired": [], "pending": []}
+            # Empty tuples until a window fires or waits: most groups never need those lists (memory per group).
+            state = {"values": raw, "entries": [], "fired": (), "pending": ()}
             groups[gkey] = state
             if len(groups) > self.max_groups:
                 groups.popitem(last=False)
@@ -337,13 +347,13 @@ class CorrelationEngine:
             for e in _between(entries, time, time)
         ):
             return []  # the same match replayed: counting it twice would be wrong
-        bisect.insort(entries, [time, seq, slot, value, ref], key=_order)
+        bisect.insort(entries, (time, seq, slot, value, ref), key=_order)
         self._prune(corr, state)
         ends = sorted({e[0] for e in _between(entries, time, time + corr.span)})
         if not corr.eager:
             for end in ends:
                 if end not in state["pending"] and end not in state["fired"]:
-                    bisect.insort(state["pending"], end)
+                    _insert(state, "pending", end)
                     heapq.heappush(self._pending[corr.key], [end, gkey])
             return []
         fired = [self._judge(corr, gkey, state, end) for end in ends]
@@ -357,7 +367,8 @@ class CorrelationEngine:
         entries = state["entries"]
         cut = bisect.bisect_left(entries, bound - corr.span, key=_time)
         del entries[:cut]
-        state["fired"] = [t for t in state["fired"] if t >= bound]
+        if state["fired"]:
+            state["fired"] = [t for t in state["fired"] if t >= bound] or ()
 
     def _judge(
         self, corr: _Correlation, gkey: str, state: dict[str, Any], end: float
@@ -369,7 +380,7 @@ class CorrelationEngine:
         metric = measure(corr.kind, window, corr.percent)
         if metric is None or not compare(metric, corr.op, corr.count):
             return None
-        bisect.insort(state["fired"], end)
+        _insert(state, "fired", end)
         name = json.dumps([corr.key, json.loads(gkey), start], default=str)
         return CorrelationAlert(
             alert_id=str(uuid.uuid5(ALERT_NAMESPACE, name)),

@@ -15,9 +15,9 @@ from typing import Any
 
 from sigma.correlations import SigmaCorrelationConditionOperator as Op
 
-# One buffered match: [event time, ingest sequence, slot of the referenced rule, value of the condition field].
-# A list, not a tuple or dataclass, so the engine's state stays plain JSON for snapshots.
-Entry = list[Any]
+# One buffered match: (event time, ingest sequence, slot of the referenced rule, value of the condition field,
+# the event's reference). A tuple (smaller than a list; a snapshot turns it into a JSON list, read alike).
+Entry = Sequence[Any]
 
 COUNTING = frozenset({"event_count", "value_count", "temporal", "temporal_ordered"})
 
