@@ -179,6 +179,9 @@ class _NoRecords(Consumer):
     def commit(self, records: Iterable[Record]) -> None:
         pass
 
+    def rewind(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
