@@ -33,7 +33,7 @@ from control_plane.core.logs import configure_logging
 from security.alerts.manager import IncidentManager
 from security.alerts.model import Alert
 from security.detection.catalog import RuleCatalog
-from security.detection.service import InlineDetection
+from security.detection.evaluation import InlineDetection
 from security.hooks.notifier import Notifier
 from security.intake.client import IngestClient, IngestRefused
 from security.intake.collector import Collector, Position
@@ -133,7 +133,7 @@ class _LocalSender:
         }  # fmt: skip
         self.notifier = Notifier(**sink_args)
         self.detection = InlineDetection(
-            RuleCatalog(self.engine, settings.detection),
+            RuleCatalog(self.engine, settings.detection).current(),
             lateness=settings.detection.lateness_s,
             sinks=[self.alerts.extend, IncidentManager(**sink_args).handle, self.notifier.notify],
         )

@@ -6,12 +6,13 @@ Role ``security-officer`` (``admin`` implied). Every change to an incident is au
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from control_plane.core.auth.tokens import Principal
+from control_plane.core.config import SigmaLevel
 from control_plane.core.deps import Authorize, ServicesDep, request_actor
 from control_plane.core.responses import json_response
 from control_plane.core.services import Services
@@ -20,7 +21,7 @@ from security.alerts.incidents import Status
 from security.alerts.tables import ALERT_ID_LENGTH
 
 router = APIRouter(prefix="/api/v1", tags=["alerts"])
-Level = Literal["informational", "low", "medium", "high", "critical"]
+Level = SigmaLevel
 AlertId = Annotated[str, Path(max_length=ALERT_ID_LENGTH)]
 IncidentId = Annotated[str, Path(max_length=36)]
 Limit = Annotated[int, Query(ge=1, le=queries.MAX_PAGE)]

@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from control_plane.core.bus import Record
+from control_plane.core.config import SigmaLevel
 
 log = logging.getLogger(__name__)
 
-LEVELS: tuple[str, ...] = ("informational", "low", "medium", "high", "critical")
+LEVELS: tuple[str, ...] = get_args(SigmaLevel)
 """Sigma's levels, lowest first: severity comparisons use their position."""
 
 AlertKind = Literal["rule", "correlation"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -167,12 +167,44 @@ class Correlator:
         )
 
 
+class InlineDetection:
+    """Both stages in the caller's thread, without the bus: events in, alerts handed to ``sinks`` as they fire.
+    ``refsys ingest`` runs it across its batches; ``evaluate`` over one finite list."""
+
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        *,
+        lateness: float = 0.0,
+        sinks: Sequence[Callable[[list[Alert]], object]] = (),
+    ) -> None:
+        self.detector = Detector(ruleset)
+        self.correlator = Correlator(ruleset, lateness=lateness)
+        self.sinks = list(sinks)
+        self._seq = 0
+
+    def __call__(self, docs: Iterable[Mapping[str, Any]]) -> None:
+        alerts: list[Alert] = []
+        for doc in docs:
+            for _key, record in self.detector.match_records(doc, self._seq):
+                alerts += self.correlator.feed(record)
+            self._seq += 1
+        self._hand_over(alerts)
+
+    def close(self) -> None:
+        """The input is over: judge the windows still open."""
+        self._hand_over(self.correlator.flush())
+
+    def _hand_over(self, alerts: list[Alert]) -> None:
+        if alerts:
+            for sink in self.sinks:
+                sink(alerts)
+
+
 def evaluate(ruleset: RuleSet, docs: Iterable[Mapping[str, Any]], *, lateness: float = 0.0) -> list[Alert]:
     """Every alert the rule set raises on a finite list of events, in order (windows flushed at the end)."""
-    detector = Detector(ruleset)
-    correlator = Correlator(ruleset, lateness=lateness)
     alerts: list[Alert] = []
-    for seq, doc in enumerate(docs):
-        for _key, record in detector.match_records(doc, seq):
-            alerts += correlator.feed(record)
-    return alerts + correlator.flush()
+    inline = InlineDetection(ruleset, lateness=lateness, sinks=[alerts.extend])
+    inline(docs)
+    inline.close()
+    return alerts

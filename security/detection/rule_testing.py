@@ -25,7 +25,7 @@ from security import ecs
 from security.alerts.model import Alert
 from security.detection.evaluation import evaluate
 from security.detection.ruleset import RuleSet
-from security.intake.framing import FramedLine, frame
+from security.intake.framing import frame_all
 from security.intake.identity import Origin, derived_event_id, line_basis
 from security.intake.stamping import Stamp, stamp
 from security.sources.base import Line, Rejection
@@ -45,15 +45,8 @@ def normalise(
     """Documents from raw lines of ``source`` (through its adapter), or from ECS JSON lines when ``source`` is
     None; every document gets an ``event.id``. Raises ``KeyError`` for an unknown source."""
     adapter = adapter_for(source) if source is not None else None
-    rejections: list[Rejection] = []
-    offsets: dict[int, int | None] = {}
-    lines: list[Line] = []
-    for item in frame(data, adapter.framing if adapter is not None else "json"):
-        if isinstance(item, FramedLine):
-            lines.append(item.line)
-            offsets[item.line.number] = item.offset
-        else:
-            rejections.append(item)
+    framed = frame_all(data, adapter.framing if adapter is not None else "json")
+    lines, offsets, rejections = framed.lines, framed.offsets, framed.rejections
     if adapter is None:
         return _ecs_documents(lines, offsets, origin, rejections), rejections
     stamp_for = Stamp(

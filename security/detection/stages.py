@@ -168,8 +168,6 @@ class CorrelationWorker(PollingWorker):
         self._covered: dict[int, int] = {}
         """Per partition: the last offset whose match is in the state (-1: none)."""
         self._uncommitted: list[Record] = []
-        self._changed: set[int] = set()
-        """Partitions fed since their last checkpoint: only those are saved again."""
         self._version = -1
         self._digest = ""
         self._last_checkpoint = time.monotonic()
@@ -225,7 +223,6 @@ class CorrelationWorker(PollingWorker):
             fired = correlator.feed(record.value)
             self.metrics.late.inc(correlator.engine.counters["dropped_late"] - late_before)
             self._covered[record.partition] = record.offset
-            self._changed.add(record.partition)
             ingested = record.value.get("ingested")
             if fired and isinstance(ingested, int | float):
                 self.metrics.latency.observe(max(0.0, clock.utcnow().timestamp() - ingested))
@@ -248,12 +245,12 @@ class CorrelationWorker(PollingWorker):
         """Save every owned partition's state with its covered offset, then commit those offsets on the bus."""
         if self.rules.version != self._version:
             self._reload()
-        for partition in sorted(self._changed & set(self._correlators)):
+        # Only partitions read since their last checkpoint can have changed: the others are saved already.
+        for partition in sorted({r.partition for r in self._uncommitted} & set(self._correlators)):
             engine = self._correlators[partition].engine
             self.checkpoints.save(partition, self._covered[partition], engine.snapshot(), self._digest)
         self._consumer.commit(self._uncommitted)
         self._uncommitted = []
-        self._changed.clear()
         self._last_checkpoint = time.monotonic()
 
     def _drop_revoked(self) -> None:
@@ -262,7 +259,6 @@ class CorrelationWorker(PollingWorker):
         for partition in [p for p in self._correlators if p not in owned]:
             del self._correlators[partition]
             self._covered.pop(partition, None)
-            self._changed.discard(partition)
             self._uncommitted = [r for r in self._uncommitted if r.partition != partition]
 
     def recover(self) -> None:
@@ -271,7 +267,6 @@ class CorrelationWorker(PollingWorker):
         self._correlators.clear()
         self._covered.clear()
         self._uncommitted = []
-        self._changed.clear()
         self._consumer.rewind()
 
     def finish(self) -> None:

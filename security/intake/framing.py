@@ -76,6 +76,27 @@ def frame(body: bytes, framing: Literal["json", "text"]) -> Iterator[FramedLine 
         yield FramedLine(Line(number, raw, value), offset)
 
 
+@dataclass
+class Framed:
+    """A body framed: its lines, each line's byte offset (event ids derive from it), and what did not frame."""
+
+    lines: list[Line]
+    offsets: dict[int, int | None]
+    rejections: list[Rejection]
+
+
+def frame_all(body: bytes, framing: Literal["json", "text"]) -> Framed:
+    """``frame`` collected: what the intake and ``refsys rules test`` hand to an adapter."""
+    framed = Framed([], {}, [])
+    for item in frame(body, framing):
+        if isinstance(item, FramedLine):
+            framed.lines.append(item.line)
+            framed.offsets[item.line.number] = item.offset
+        else:
+            framed.rejections.append(item)
+    return framed
+
+
 def _text_lines(body: bytes) -> Iterator[FramedLine]:
     for number, offset, raw in _split(body):
         yield FramedLine(Line(number, raw), offset)

@@ -26,12 +26,12 @@ from control_plane.core.bus import Bus, topics
 from control_plane.core.config import TelemetrySettings
 from security import ecs
 from security.intake.dead_letters import DeadLetters
-from security.intake.framing import FramedLine, decompress, frame
+from security.intake.framing import decompress, frame_all
 from security.intake.health import SourceHealthTracker
 from security.intake.identity import Origin, derived_event_id, line_basis
 from security.intake.indexer import STORE_GROUP
 from security.intake.stamping import Stamp, lag_seconds, stamp
-from security.sources.base import Line, Parsed, Rejection, is_reserved
+from security.sources.base import Parsed, Rejection, is_reserved
 from security.sources.registry import ADAPTERS, adapter_for
 from security.store.base import EventStore
 
@@ -153,16 +153,9 @@ class Intake:
             ),
         )
         result = IngestResult(source=source, dataset=adapter.dataset)
-        rejections: list[Rejection] = []
-        offsets: dict[int, int | None] = {}
-        lines: list[Line] = []
-        for item in frame(data, adapter.framing):
-            result.lines += 1
-            if isinstance(item, FramedLine):
-                lines.append(item.line)
-                offsets[item.line.number] = item.offset
-            else:
-                rejections.append(item)
+        framed = frame_all(data, adapter.framing)
+        lines, offsets, rejections = framed.lines, framed.offsets, framed.rejections
+        result.lines = len(lines) + len(rejections)
         docs: list[dict[str, Any]] = []
         produced: dict[int, int] = {}
         for outcome in adapter.parse(lines):
